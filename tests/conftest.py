@@ -1,0 +1,56 @@
+"""Tiny Wan, CogVideoX and HunyuanVideo pipelines, built offline once per session and saved to disk,
+so that every test loads them through the same ``from_pretrained`` path a user's folder takes."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+FAMILIES = ("wan", "cogvideox", "hunyuan")
+
+
+@pytest.fixture(scope="session")
+def tiny_dirs(tmp_path_factory) -> dict[str, str]:
+    """family -> folder of a saved tiny pipeline (plus "wan2" for a two-expert Wan 2.2 layout)."""
+    from vidcache.tiny import build_tiny_cogvideox, build_tiny_hunyuan, build_tiny_wan
+
+    root = tmp_path_factory.mktemp("tiny")
+    dirs = {}
+    for fam, build in (("wan", build_tiny_wan), ("cogvideox", build_tiny_cogvideox), ("hunyuan", build_tiny_hunyuan)):
+        dirs[fam] = str(root / fam)
+        build(dirs[fam])
+    dirs["wan2"] = str(root / "wan2")
+    build_tiny_wan(dirs["wan2"], two_experts=True)
+    return dirs
+
+
+def load_pipe(folder: str):
+    """Load a saved tiny pipeline the way vidcache does, every component in eval mode."""
+    from diffusers import DiffusionPipeline
+
+    pipe = DiffusionPipeline.from_pretrained(folder, torch_dtype=torch.float32)
+    pipe.set_progress_bar_config(disable=True)
+    for comp in pipe.components.values():
+        if isinstance(comp, torch.nn.Module):
+            comp.eval()
+    return pipe
+
+
+TINY_CALL = {"height": 64, "width": 64, "num_frames": 9, "output_type": "np"}
+
+
+def run_pipe(pipe, family: str, steps: int = 6, seed: int = 0, prompt: str = "a red ball moving left"):
+    """One tiny video as a float array, with CFG active where the family has it."""
+    kwargs = dict(TINY_CALL, num_inference_steps=steps, generator=torch.Generator().manual_seed(seed))
+    if family == "hunyuan":
+        kwargs.update(max_sequence_length=32)
+    else:
+        kwargs.update(negative_prompt="", guidance_scale=5.0, max_sequence_length=16)
+    with torch.no_grad():
+        return pipe(prompt, **kwargs).frames[0]

@@ -1,0 +1,5 @@
+"""``python -m vidcache`` (what torchrun launches)."""
+
+from .cli import main
+
+main()

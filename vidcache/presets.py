@@ -1,0 +1,158 @@
+"""Per-model presets: generation defaults and one table per cache method, in TOML.
+
+Merge order, lowest first: the model's preset < ``--preset FILE`` < command-line flags / ``--set``.
+An unknown key anywhere is an error: a misspelt threshold silently ignored is the worst failure
+mode a caching tool can have.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import tomllib
+
+from .errors import UsageError
+
+PRESET_DIR = Path(__file__).resolve().parent / "presets"
+
+# key -> accepted Python types; None values are not representable in TOML, so absent = unset.
+DEFAULT_KEYS: dict[str, tuple[type, ...]] = {
+    "frames": (int,),
+    "height": (int,),
+    "width": (int,),
+    "steps": (int,),
+    "guidance": (int, float),
+    "guidance_2": (int, float),
+    "flow_shift": (int, float),
+    "fps": (int,),
+    "text_len": (int,),
+    "negative_prompt": (str,),
+}
+
+
+@dataclass
+class Preset:
+    """``methods`` maps a cache method to its table; a variant ``[teacache.fast]`` is a nested table."""
+
+    name: str
+    defaults: dict[str, Any] = field(default_factory=dict)
+    methods: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+def available() -> list[str]:
+    return sorted(p.stem for p in PRESET_DIR.glob("*.toml"))
+
+
+def _read_toml(path: Path) -> dict:
+    try:
+        return tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise UsageError(f"preset file {path} not found") from None
+    except tomllib.TOMLDecodeError as err:
+        raise UsageError(f"preset file {path}: invalid TOML ({err})") from None
+
+
+def check_defaults(values: dict[str, Any], where: str) -> None:
+    for key, value in values.items():
+        if key not in DEFAULT_KEYS:
+            raise UsageError(f"{where}: unknown key '{key}' (known: {', '.join(DEFAULT_KEYS)})")
+        types = DEFAULT_KEYS[key]
+        if isinstance(value, bool) or not isinstance(value, types):
+            raise UsageError(f"{where}: '{key}' must be {' or '.join(t.__name__ for t in types)}")
+
+
+def _check_method_table(method: str, table: dict[str, Any], where: str) -> None:
+    from .caches import method_fields
+
+    fields = method_fields(method)
+    if fields is None:
+        raise UsageError(f"{where}: unknown cache method table [{method}]")
+    for key, value in table.items():
+        if isinstance(value, dict):  # a variant, e.g. [teacache.fast]
+            _check_method_table(method, value, f"{where} [{method}.{key}]")
+        elif key not in fields:
+            raise UsageError(
+                f"{where}: unknown key '{key}' for {method} (known: {', '.join(sorted(fields))})"
+            )
+
+
+def parse_preset(data: dict, name: str, where: str) -> Preset:
+    preset = Preset(name)
+    for key, value in data.items():
+        if key == "defaults":
+            if not isinstance(value, dict):
+                raise UsageError(f"{where}: [defaults] must be a table")
+            check_defaults(value, f"{where} [defaults]")
+            preset.defaults = dict(value)
+        elif isinstance(value, dict):
+            _check_method_table(key, value, where)
+            preset.methods[key] = value
+        else:
+            raise UsageError(f"{where}: unknown top-level key '{key}'")
+    return preset
+
+
+def load(name: str) -> Preset:
+    """A shipped preset by model name (``wan``, ``tiny``, ...)."""
+    path = PRESET_DIR / f"{name}.toml"
+    if not path.is_file():
+        raise UsageError(f"no preset named '{name}' (available: {', '.join(available())})")
+    return parse_preset(_read_toml(path), name, str(path))
+
+
+def load_file(path: str | Path) -> Preset:
+    p = Path(path)
+    return parse_preset(_read_toml(p), p.stem, str(p))
+
+
+def merge(base: Preset, over: Preset) -> Preset:
+    """``over`` wins key by key; method tables merge recursively."""
+    out = copy.deepcopy(base)
+    out.defaults.update(over.defaults)
+    for method, table in over.methods.items():
+        out.methods[method] = _deep_merge(out.methods.get(method, {}), table)
+    return out
+
+
+def _deep_merge(a: dict, b: dict) -> dict:
+    out = copy.deepcopy(a)
+    for k, v in b.items():
+        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def parse_value(text: str) -> Any:
+    """A ``--set`` value: TOML syntax (numbers, booleans, arrays), else a plain string."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def parse_sets(items: list[str]) -> list[tuple[str, Any]]:
+    out = []
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise UsageError(f"--set {item!r}: expected key=value")
+        out.append((key.strip(), parse_value(value.strip())))
+    return out
+
+
+def method_params(preset: Preset, method: str, variant: str | None) -> dict[str, Any]:
+    """The flat parameter table of ``method`` (and its ``variant``) in ``preset``."""
+    table = preset.methods.get(method, {})
+    params = {k: v for k, v in table.items() if not isinstance(v, dict)}
+    if variant:
+        sub = table.get(variant)
+        if not isinstance(sub, dict):
+            variants = [k for k, v in table.items() if isinstance(v, dict)]
+            raise UsageError(
+                f"preset {preset.name} has no variant '{method}.{variant}'"
+                f" (variants: {', '.join(variants) or 'none'})"
+            )
+        params.update(sub)
+    return params
