@@ -34,7 +34,7 @@ def load_pipe(folder: str):
     """Load a saved tiny pipeline the way vidcache does, every component in eval mode."""
     from diffusers import DiffusionPipeline
 
-    pipe = DiffusionPipeline.from_pretrained(folder, torch_dtype=torch.float32)
+    pipe = DiffusionPipeline.from_pretrained(folder, dtype=torch.float32)
     pipe.set_progress_bar_config(disable=True)
     for comp in pipe.components.values():
         if isinstance(comp, torch.nn.Module):

@@ -154,6 +154,78 @@ def gen(
 
 
 @app.command()
+def bench(
+    caches: Annotated[str, typer.Option(
+        help="Comma-separated methods (METHOD.VARIANT for a preset variant); the uncached baseline always runs.",
+    )] = "pab,fastercache,teacache",
+    prompts: Annotated[str | None, typer.Option(help="Prompt file (.txt / .jsonl), '-' for stdin.")] = None,
+    prompt: Annotated[list[str], typer.Option("--prompt", "-p", help="A prompt (repeatable).")] = [],  # noqa: B006
+    model: Annotated[str, typer.Option("--model", "-m", help="Known name, hub id or local folder.")] = "tiny",
+    repeat: Annotated[int, typer.Option(min=1, help="Timed pairs per prompt and method.")] = 3,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for bench.json, bench.md, pareto.png.")] = Path(
+        "bench"),
+    preset: Annotated[Path | None, typer.Option(help="TOML file merged over the model's preset.")] = None,
+    set_: Annotated[list[str], typer.Option("--set", help="defaults.KEY=VALUE overrides.")] = [],  # noqa: B006
+    frames: Annotated[int | None, typer.Option(help="Frames per video.")] = None,
+    height: Annotated[int | None, typer.Option(help="Height in pixels.")] = None,
+    width: Annotated[int | None, typer.Option(help="Width in pixels.")] = None,
+    steps: Annotated[int | None, typer.Option(help="Denoising steps.")] = None,
+    seed: Annotated[int, typer.Option(help="Seed for every prompt without its own.")] = 0,
+    device: Annotated[Device, typer.Option(help="Where to run.")] = Device.auto,
+    dtype: Annotated[DType, typer.Option(help="Precision.")] = DType.auto,
+    attention: Annotated[Attention, typer.Option(help="Attention backend.")] = Attention.auto,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the rows as JSON on stdout.")] = False,
+    debug: Annotated[bool, typer.Option(help="Show tracebacks.")] = False,
+) -> None:
+    """Speed and quality of each cache against the uncached run, side by side."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.table import Table
+
+    from . import bench as bench_mod
+    from . import jobs
+    from .loading import LoadOptions
+    from .runner import RunConfig, Runner
+
+    cfg = RunConfig(
+        model=model, preset_file=str(preset) if preset else None, sets=list(set_), out=out, seed=seed,
+        flags={"frames": frames, "height": height, "width": width, "steps": steps},
+        load=LoadOptions(device=device.value, dtype=dtype.value, attention=attention.value),
+    )
+    try:
+        plan, contenders = bench_mod.plan_bench(cfg, jobs.read_prompts(prompts, list(prompt)), caches)
+        runner = Runner(plan)
+        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                      TimeElapsedColumn(), console=err_console, transient=True) as progress:
+            task = progress.add_task("bench", total=None)
+
+            class Ev(bench_mod.QuietEvents):
+                def video_start(self, job, position, total):
+                    progress.update(task, completed=position, total=total, description=f"bench {job.name}")
+
+            try:
+                rows = bench_mod.run_bench(runner, contenders, repeat, Ev())
+            finally:
+                runner.close()
+        context = {"model": plan.model.name, "jobs": len(plan.jobs), "repeat": repeat, "device": runner.device,
+                   "lpips_available": any(r["lpips"] is not None for r in rows[1:])}
+        paths = bench_mod.write_outputs(rows, context, out)
+    except VidcacheError as err:
+        _fail(err, debug, err.exit_code)
+    except Exception as err:  # noqa: BLE001
+        _fail(f"{type(err).__name__}: {err}".splitlines()[0], debug, 1)
+    if json_out:
+        sys.stdout.write(json.dumps(rows, indent=2) + "\n")
+        return
+    table = Table(title=f"vidcache bench: {plan.model.name} ({len(plan.jobs)} prompts x {repeat})")
+    for col, head in zip(bench_mod.MD_COLUMNS, bench_mod.SHORT_HEADERS):
+        table.add_column(head, justify="left" if col in ("method", "preset") else "right")
+    for r in rows:
+        table.add_row(*(bench_mod._fmt(r.get(c), c) for c in bench_mod.MD_COLUMNS))
+    out_console.print(table)
+    err_console.print(f"wrote {paths['json']}, {paths['md']}, {paths['png']}", highlight=False)
+
+
+@app.command()
 def models(json_out: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False) -> None:
     """Known model names, their families, defaults and input constraints."""
     from rich.table import Table

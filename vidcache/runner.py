@@ -138,6 +138,8 @@ class Runner:
         self.pipe = None
         self.device = "cpu"
         self.dtype = torch.float32
+        self.method, self.variant = plan.method, plan.variant
+        self.requested_params: dict[str, Any] = dict(plan.cache_params)
         self.cache_params: dict[str, Any] = {}
         self.out = Path(plan.config.out)
 
@@ -145,8 +147,13 @@ class Runner:
     def load(self) -> None:
         self.pipe, self.device, self.dtype = load_pipeline(self.plan.model, self.plan.config.load)
         self.timer = PipelineTimer(self.pipe, transformers_of(self.pipe), self.device)
-        if self.plan.method != "none":
-            self.cache_params = caches.apply_cache(self.pipe, self.plan.method, params=self.plan.cache_params)
+        self.set_cache(self.method, self.variant, self.requested_params)
+
+    def set_cache(self, method: str, variant: str | None, params: dict[str, Any]) -> None:
+        """Swap the caching method on the loaded pipeline (the bench runs several on one load)."""
+        caches.remove_cache(self.pipe)
+        self.method, self.variant, self.requested_params = method, variant, dict(params)
+        self.cache_params = caches.apply_cache(self.pipe, method, params=params) if method != "none" else {}
 
     def close(self) -> None:
         if self.pipe is not None:
@@ -156,8 +163,8 @@ class Runner:
     def job_context(self) -> dict[str, Any]:
         m = self.plan.model
         return {"model": m.source, "family": m.family.name, "dtype": str(self.plan.config.load.dtype),
-                "cache": {"method": self.plan.method, "variant": self.plan.variant,
-                          "params": self.plan.cache_params}}
+                "cache": {"method": self.method, "variant": self.variant,
+                          "params": self.requested_params}}
 
     # -- resume ------------------------------------------------------------------------------
     def finished(self, job: jobs_mod.Job) -> dict[str, Any] | None:
@@ -233,7 +240,7 @@ class Runner:
             "guidance_2": job.guidance_2,
             "flow_shift": job.flow_shift,
             "fps": job.fps,
-            "cache": {"method": self.plan.method, "variant": self.plan.variant,
+            "cache": {"method": self.method, "variant": self.variant,
                       "params": self.cache_params, "stats": stats},
             "timing": {
                 "text_encode_s": times.text_encode_s,
@@ -302,8 +309,8 @@ class Runner:
         m = self.plan.model
         summary = {
             "model": {"name": m.name, "family": m.family.name, "source": m.source},
-            "cache": {"method": self.plan.method, "variant": self.plan.variant,
-                      "params": self.cache_params or self.plan.cache_params},
+            "cache": {"method": self.method, "variant": self.variant,
+                      "params": self.cache_params or self.requested_params},
             "out": str(self.out),
             "seconds": seconds,
             "counts": {s: sum(r["status"] == s for r in rows) for s in ("done", "skipped", "failed")},

@@ -1,0 +1,44 @@
+"""`vidcache bench` on a tiny random model: the three files with the promised columns, paired timing."""
+
+from __future__ import annotations
+
+import json
+
+from typer.testing import CliRunner
+
+from vidcache.caches import METHOD_NAMES
+from vidcache.cli import app
+
+ROW_KEYS = {"method", "preset", "speedup", "speedup_e2e", "compute_ratio", "psnr", "ssim"}
+MD_HEADER = "| method | preset | speedup | speedup_e2e | compute_ratio | psnr | ssim | lpips | adherence | cache_memory_mb |"
+
+
+def test_bench_writes_json_md_png(tiny_dirs, tmp_path):
+    methods = [m for m in METHOD_NAMES if m != "none"][:2]
+    assert len(methods) == 2, "the bench test needs two registered caching methods"
+    out = tmp_path / "bench"
+    r = CliRunner().invoke(app, [
+        "bench", "--model", tiny_dirs["wan"], "--caches", ",".join(methods), "-p", "a red ball", "-p", "a blue box",
+        "--repeat", "1", "--out", str(out), "--frames", "9", "--height", "64", "--width", "64", "--steps", "8",
+        "--set", "defaults.text_len=16", "--json"])
+    assert r.exit_code == 0, r.output
+    rows = json.loads((out / "bench.json").read_text())
+    assert json.loads(r.stdout) == rows
+    assert [row["method"] for row in rows] == ["none", *methods]
+    for row in rows:
+        assert ROW_KEYS <= set(row)
+    for row in rows[1:]:
+        assert row["pairs"] == 2  # 2 prompts x 1 repeat
+        assert row["speedup"] > 0 and row["speedup_e2e"] > 0
+        assert 0 < row["compute_ratio"] <= 1.0
+        assert row["psnr"] > 10 and 0 < row["ssim"] <= 1.0
+    md = (out / "bench.md").read_text()
+    assert md.startswith(MD_HEADER) and all(f"| {m} |" in md for m in methods)
+    assert (out / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_bench_refuses_unknown_method_before_loading(tmp_path):
+    r = CliRunner().invoke(app, ["bench", "--caches", "nosuch", "-p", "x", "--out", str(tmp_path)])
+    assert r.exit_code == 2 and "--cache nosuch: unknown method" in r.output
+    r = CliRunner().invoke(app, ["bench", "--caches", "none", "-p", "x", "--out", str(tmp_path)])
+    assert r.exit_code == 2 and "at least one caching method" in r.output

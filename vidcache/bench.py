@@ -1,0 +1,213 @@
+"""``vidcache bench``: every cache's speed and quality against the uncached run, measured in one process.
+
+Each cached video is paired with an uncached run of the same prompt and seed made right beside it,
+and the order inside a pair alternates between rounds, so machine drift and warm-up cancel out of
+the ratios. ``speedup`` is the median of the paired ratios of denoising time (the part caching
+accelerates); ``speedup_e2e`` the same for the whole video (text encoding and VAE decode included).
+Quality is measured against the uncached video of the same prompt and seed: PSNR and SSIM, LPIPS
+when its weights are on disk, and prompt adherence where the model has a probe (the tiny model).
+"""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import jobs as jobs_mod
+from .errors import UsageError
+from .runner import Events, QuietEvents, RunConfig, Runner, plan_run
+from .video import write_json
+
+MD_COLUMNS = ("method", "preset", "speedup", "speedup_e2e", "compute_ratio", "psnr", "ssim", "lpips",
+              "adherence", "cache_memory_mb")
+SHORT_HEADERS = ("method", "preset", "speedup", "e2e", "compute", "PSNR", "SSIM", "LPIPS", "adh.", "MB")
+
+
+@dataclass(frozen=True)
+class Contender:
+    """One method at one preset (``teacache.fast`` is method teacache, preset fast)."""
+
+    spec: str
+    method: str
+    preset: str
+    params: dict[str, Any]
+
+
+def parse_caches(spec: str) -> list[str]:
+    items = [s.strip() for s in spec.split(",") if s.strip()]
+    if not items:
+        raise UsageError("--caches: give at least one method, e.g. none,teacache")
+    return items
+
+
+def plan_bench(cfg: RunConfig, prompts: list[jobs_mod.Prompt], caches_spec: str):
+    """Validate every method and its preset before anything loads; returns (plan, contenders)."""
+    base_plan = plan_run(replace(cfg, cache="none"), prompts)
+    contenders = []
+    for spec in parse_caches(caches_spec):
+        plan = plan_run(replace(cfg, cache=spec), prompts)
+        if plan.method != "none":
+            contenders.append(Contender(spec, plan.method, plan.variant or "default", plan.cache_params))
+    if not contenders:
+        raise UsageError("--caches: name at least one caching method besides none (the baseline always runs)")
+    return base_plan, contenders
+
+
+def _quality(ref: np.ndarray, test: np.ndarray, prompt: str, probe: bool) -> dict[str, Any]:
+    from . import metrics
+
+    q = {"psnr": metrics.psnr(ref, test), "ssim": metrics.ssim(ref, test), "lpips": metrics.lpips(ref, test)}
+    if probe:
+        q["adherent"] = bool(metrics.adherence(test, prompt)["ok"])
+    return q
+
+
+def _has_probe(runner: Runner, prompt: str) -> bool:
+    if runner.plan.model.name != "tiny":
+        return False
+    from . import reference
+
+    return all(part is not None for part in reference.parse_prompt(prompt))
+
+
+def _median(xs: list[float]) -> float | None:
+    return statistics.median(xs) if xs else None
+
+
+def _mean(xs: list[float]) -> float | None:
+    xs = [x for x in xs if x is not None]
+    return sum(xs) / len(xs) if xs else None
+
+
+def run_bench(runner: Runner, contenders: list[Contender], repeat: int,
+              events: Events | None = None) -> list[dict[str, Any]]:
+    """Measure; returns one row per contender plus the uncached baseline's row first."""
+    events = events or QuietEvents()
+    runner.load()
+    jobs = runner.plan.jobs
+    refs: dict[int, np.ndarray] = {}
+    base_probe: list[bool] = []
+    samples: dict[str, list[dict[str, Any]]] = {c.spec: [] for c in contenders}
+    runner.set_cache("none", None, {})
+    runner.generate(jobs[0])  # warm-up: first-call allocations and lazy imports are nobody's cost
+    total = repeat * len(jobs) * (1 + 2 * len(contenders))
+    done = 0
+    for r in range(repeat):
+        for job in jobs:
+            events.video_start(job, done, total)
+            runner.set_cache("none", None, {})
+            frames, _ = runner.generate(job)
+            done += 1
+            if job.index not in refs:
+                refs[job.index] = frames
+                if _has_probe(runner, job.prompt):
+                    base_probe.append(bool(_quality(frames, frames, job.prompt, True)["adherent"]))
+            for c in contenders:
+                runs = {}
+                for who in ("none", "cached") if (r + job.index) % 2 == 0 else ("cached", "none"):
+                    events.video_start(job, done, total)
+                    if who == "none":
+                        runner.set_cache("none", None, {})
+                    else:
+                        runner.set_cache(c.method, None if c.preset == "default" else c.preset, c.params)
+                    runs[who] = runner.generate(job)
+                    done += 1
+                base, (out, rep) = runs["none"][1]["timing"], runs["cached"]
+                sample = {
+                    "speedup": base["denoise_s"] / rep["timing"]["denoise_s"],
+                    "speedup_e2e": base["total_s"] / rep["timing"]["total_s"],
+                    "compute_ratio": rep["cache"]["stats"].get("compute_ratio"),
+                    "memory_bytes": rep["cache"]["stats"].get("memory_bytes", 0),
+                    "params": rep["cache"]["params"],
+                }
+                if r == 0:  # outputs are deterministic: quality once per prompt
+                    sample |= _quality(refs[job.index], out, job.prompt, _has_probe(runner, job.prompt))
+                samples[c.spec].append(sample)
+    rows = [{"method": "none", "preset": "-", "speedup": 1.0, "speedup_e2e": 1.0, "compute_ratio": 1.0,
+             "psnr": None, "ssim": 1.0, "lpips": None,
+             "adherence": _mean([float(x) for x in base_probe]) if base_probe else None,
+             "cache_memory_mb": 0.0, "pairs": 0, "params": {}}]
+    for c in contenders:
+        s = samples[c.spec]
+        adh = [float(x["adherent"]) for x in s if "adherent" in x]
+        rows.append({
+            "method": c.method,
+            "preset": c.preset,
+            "speedup": _median([x["speedup"] for x in s]),
+            "speedup_e2e": _median([x["speedup_e2e"] for x in s]),
+            "compute_ratio": _mean([x["compute_ratio"] for x in s]),
+            "psnr": _mean([x.get("psnr") for x in s]),
+            "ssim": _mean([x.get("ssim") for x in s]),
+            "lpips": _mean([x.get("lpips") for x in s]),
+            "adherence": _mean(adh) if adh else None,
+            "cache_memory_mb": max((x["memory_bytes"] or 0) for x in s) / 2**20 if s else 0.0,
+            "pairs": len(s),
+            "params": s[0]["params"] if s else c.params,
+        })
+    return rows
+
+
+def _fmt(v: Any, col: str) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        if col in ("speedup", "speedup_e2e"):
+            return f"{v:.2f}x"
+        if col == "adherence":
+            return f"{100 * v:.0f}%"
+        return f"{v:.3f}" if col in ("compute_ratio", "ssim", "lpips") else f"{v:.2f}"
+    return str(v)
+
+
+def markdown(rows: list[dict[str, Any]], context: dict[str, Any]) -> str:
+    head = "| " + " | ".join(MD_COLUMNS) + " |\n|" + "---|" * len(MD_COLUMNS) + "\n"
+    body = "".join("| " + " | ".join(_fmt(r.get(c), c) for c in MD_COLUMNS) + " |\n" for r in rows)
+    notes = (
+        f"\nModel `{context['model']}`, {context['jobs']} prompt(s) x {context['repeat']} repeat(s), "
+        f"device {context['device']}. speedup = median paired ratio of denoising time, speedup_e2e = "
+        "of the whole video; PSNR/SSIM/LPIPS against the uncached video of the same prompt and seed "
+        "(PSNR of the uncached row is infinite, shown as -)."
+    )
+    if not context.get("lpips_available"):
+        notes += " LPIPS skipped: its weights are not available locally (optional extra)."
+    return head + body + notes + "\n"
+
+
+def pareto_plot(rows: list[dict[str, Any]], path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4.5), dpi=120)
+    for r in rows:
+        if r["method"] == "none" or r["psnr"] is None or r["speedup"] is None:
+            continue
+        ax.scatter(r["speedup"], r["psnr"], s=36)
+        label = r["method"] if r["preset"] == "default" else f"{r['method']}.{r['preset']}"
+        ax.annotate(label, (r["speedup"], r["psnr"]), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    ax.set_xlabel("speedup (denoising, median paired ratio)")
+    ax.set_ylabel("PSNR vs uncached (dB)")
+    ax.set_title("vidcache bench: speed against quality")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.stem}.tmp.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    tmp.replace(path)
+    return path
+
+
+def write_outputs(rows: list[dict[str, Any]], context: dict[str, Any], out: Path) -> dict[str, Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"json": out / "bench.json", "md": out / "bench.md", "png": out / "pareto.png"}
+    write_json(paths["json"], rows)
+    tmp = out / ".bench.md.tmp"
+    tmp.write_text(markdown(rows, context))
+    tmp.replace(paths["md"])
+    pareto_plot(rows, paths["png"])
+    return paths
