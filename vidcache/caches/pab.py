@@ -1,0 +1,124 @@
+"""PAB, Pyramid Attention Broadcast (arXiv 2408.12588): reuse attention outputs inside a window.
+
+Attention outputs change little between neighbouring steps in the middle of denoising, and the
+less the more "global" the attention: PAB recomputes self (spatial) attention every ``r_s`` calls,
+temporal every ``r_t`` and cross attention every ``r_c`` calls (the pyramid ``r_s < r_t < r_c``),
+and broadcasts (reuses) the last computed output in between. Norms, modulation, gates and MLPs
+always run: only the attention module's output (after its output projection, before gate and
+residual) is cached.
+
+Rule, per attention module and per branch: inside the kind's window ``lo < t < hi`` the module's
+in-window call counter ``c`` (0 on the first call inside the window) decides: reuse iff
+``c % r != 0`` and a cached output of the right batch exists; otherwise compute and store.
+Outside the window always compute, keeping nothing (and reset the counter).
+
+What is ours (the paper and its code were written for models with a separate temporal attention,
+and diffusers' implementation shares one counter and one cache between the CFG branches):
+
+* State is per branch: Wan's uncond forward only ever reuses attention computed by an earlier
+  uncond forward, never the cond forward's (diffusers' PAB hands cond's output to uncond).
+* None of Wan, CogVideoX and HunyuanVideo has a temporal attention: their self attention spans
+  all video tokens (CogVideoX and HunyuanVideo jointly with the text tokens, in HunyuanVideo's
+  dual-stream and single-stream blocks alike). All of it is "spatial"; Wan's ``attn2`` is the only
+  cross attention. ``temporal_*`` parameters are accepted for the pyramid's sake and apply to no
+  module of these families.
+* Windows are timesteps; the presets choose them against each model's real schedule (see
+  ``docs/caches.md``). Schedule-only: no decision reads the device.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from . import base
+
+
+@dataclass
+class PABConfig:
+    """Broadcast ranges (recompute every r-th call; 1 = never reuse) and windows ``[lo, hi]``."""
+
+    spatial_range: int = 2
+    spatial_window: tuple[float, float] = (100.0, 800.0)
+    temporal_range: int = 4
+    temporal_window: tuple[float, float] = (100.0, 800.0)
+    cross_range: int = 6
+    cross_window: tuple[float, float] = (100.0, 800.0)
+
+    def __post_init__(self) -> None:
+        for kind in base.ATTENTION_KINDS:
+            base.check_int(f"{kind}_range", getattr(self, f"{kind}_range"), 1)
+            name = f"{kind}_window"
+            setattr(self, name, base.check_window(name, getattr(self, name)))
+
+    def rule(self, kind: str) -> tuple[int, tuple[float, float]]:
+        return getattr(self, f"{kind}_range"), getattr(self, f"{kind}_window")
+
+
+class _Slot:
+    __slots__ = ("calls", "output")
+
+    def __init__(self) -> None:
+        self.calls = 0  # calls inside the window since entering it
+        self.output: Any = None
+
+    def tensors(self):
+        return base.iter_tensors(self.output)
+
+
+class PABAttentionHook(base.BranchHook):
+    """On one attention module: broadcast its output per the rule above."""
+
+    def __init__(
+        self,
+        states: base.BranchStates,
+        key: str,
+        kind: str,
+        every: int,
+        window: tuple[float, float],
+    ) -> None:
+        super().__init__(states, key)
+        self.kind, self.every, self.window = kind, every, window
+
+    def new_forward(self, module: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
+        state = self.states.get_state()
+        slot = state.slots.get(self.key)
+        if slot is None:
+            slot = state.slots[self.key] = _Slot()
+        if not base.in_window(state.info.t, self.window):
+            slot.calls, slot.output = 0, None  # nothing to keep outside the window
+            return self.fn_ref.original_forward(*args, **kwargs)
+        reuse = slot.calls % self.every != 0
+        slot.calls += 1
+        if reuse:
+            cached = base.fit_batch(slot.output, base.batch_of(args, kwargs))
+            if cached is not None:
+                state.record.reuse_attention(self.kind)
+                return cached
+        slot.output = self.fn_ref.original_forward(*args, **kwargs)
+        return slot.output
+
+
+class PABForwardHook(base.TransformerHook):
+    def never_fired_hint(self) -> str:
+        p = self.params
+        return (
+            f"no step's timestep fell inside spatial_window {p['spatial_window']} / cross_window "
+            f"{p['cross_window']} with a range > 1"
+        )
+
+
+def apply_pab(
+    transformer: torch.nn.Module, config: PABConfig, *, pipeline: base.PipelineLink | None = None
+) -> None:
+    """Attach PAB to ``transformer`` (one hook per attention module, one on the transformer)."""
+    layout = base.layout_of(transformer)
+    states = base.BranchStates(base.BranchState)
+    for key, module, kind in layout.attention_modules(transformer):
+        every, window = config.rule(kind)
+        base.register(module, PABAttentionHook(states, key, kind, every, window), "pab")
+    params = base.config_params(config)
+    top = PABForwardHook("pab", states, layout, transformer, params, pipeline, needs_timestep=True)
+    base.attach(transformer, top)

@@ -1,0 +1,432 @@
+"""TeaCache (arXiv 2411.19108): skip the whole block stack when a cheap indicator says the output
+will barely change, adding the residual the stack produced at the last computed step.
+
+Per forward and branch (cache context):
+
+    ind  = indicator(t, x)                               # per family, below; compared in fp32
+    d    = mean|ind - ind_prev| / mean|ind_prev|
+    acc += poly(coefficients)(d)                         # rescaled to "expected output change"
+    forced step -> compute, acc = 0
+    acc < thresh -> skip: out_of_stack = in_of_stack + residual
+    else         -> compute, acc = 0, residual = out_of_stack - in_of_stack
+    ind_prev = ind                                       # every forward
+
+| family      | indicator                                        | residual                       |
+|-------------|--------------------------------------------------|--------------------------------|
+| Wan         | ``temb`` (retention mode: ``timestep_proj``)     | video tokens                   |
+| CogVideoX   | time embedding ``emb``                           | video and text streams         |
+| HunyuanVideo| ``transformer_blocks[0].norm1(x, temb)[0]``      | image tokens, taken after the  |
+|             | (modulated input of block 0)                     | single-stream blocks' split    |
+
+Forced steps: the first forward of a branch (nothing cached yet; on Wan 2.2 also the first
+forward of each expert), the first ``first_steps`` steps and the last ``last_steps`` (default 1
+and 1; Wan retention mode 5 and 0, as the official code). Accumulators, indicators and residuals
+are per branch: Wan's cond and uncond forwards decide separately.
+
+How the skip works without forking diffusers' model code: a hook on the first block of the stack
+decides; when skipping it returns the block stack's input plus the cached residual(s), and every
+later block's hook returns its inputs unchanged; when computing, the last block's hook stores
+``output - input of the stack``. Output and input positions come from diffusers'
+``TransformerBlockRegistry`` metadata (``return_hidden_states_index`` /
+``return_encoder_hidden_states_index``), not hard-coded tuple layouts. The indicator of Wan and
+CogVideoX is read by a hook on the time embedder, so nothing is recomputed.
+
+The one device read per non-forced forward is the relative L1 (``base.relative_l1``, rank-agreed).
+Wan's and CogVideoX's indicator depends on the timestep only: their skip schedule is
+prompt-independent and identical on every rank; ``precompute_schedule`` computes it before a run.
+HunyuanVideo's indicator depends on the content.
+
+Ours (the official code is silent or differs): ``thresh <= 0`` never skips (some coefficient sets
+give a negative ``poly(d)`` for small ``d``, which would otherwise let ``acc < 0`` skip a step);
+coefficients for models without an official set (Wan 2.2, the tiny model) fall back to the
+nearest set with a warning, and ``vidcache calibrate`` fits proper ones.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from . import base
+
+# numpy poly1d order, x^4 ... x^0, from the official TeaCache repository (METHODS.md).
+COEFFICIENTS: dict[str, tuple[float, ...]] = {
+    "wan2.1-t2v-1.3b": (
+        2.39676752e03, -1.31110545e03, 2.01331979e02, -8.29855975e00, 1.37887774e-01,
+    ),
+    "wan2.1-t2v-14b": (-5784.54975374, 5449.50911966, -1811.16591783, 256.27178429, -13.02252404),
+    "wan2.1-i2v-480p": (
+        -3.02331670e02, 2.23948934e02, -5.25463970e01, 5.87348440e00, -2.01973289e-01,
+    ),
+    "wan2.1-i2v-720p": (-114.36346466, 65.26524496, -18.82220707, 4.91518089, -0.23412683),
+    "wan2.1-t2v-1.3b-ret": (
+        -5.21862437e04, 9.23041404e03, -5.28275948e02, 1.36987616e01, -4.99875664e-02,
+    ),
+    "wan2.1-t2v-14b-ret": (
+        -3.03318725e05, 4.90537029e04, -2.65530556e03, 5.87365115e01, -3.15583525e-01,
+    ),
+    "wan2.1-i2v-480p-ret": (
+        2.57151496e05, -3.54229917e04, 1.40286849e03, -1.35890334e01, 1.32517977e-01,
+    ),
+    "wan2.1-i2v-720p-ret": (
+        8.10705460e03, 2.13393892e03, -3.72934672e02, 1.66203073e01, -4.17769401e-02,
+    ),
+    "hunyuanvideo": (7.33226126e02, -4.01131952e02, 6.75869174e01, -3.14987800e00, 9.61237896e-02),
+    "cogvideox-2b": (-3.10658903e01, 2.54732368e01, -5.92380459e00, 1.75769064e00, -3.61568434e-03),
+    "cogvideox-5b": (-1.53880483e03, 8.43202495e02, -1.34363087e02, 7.97131516e00, -5.23162339e-02),
+    "cogvideox1.5-5b": (
+        2.50210439e02, -1.65061612e02, 3.57804877e01, -7.81551492e-01, 3.58559703e-02,
+    ),
+    "cogvideox1.5-5b-i2v": (
+        1.22842302e02, -1.04088754e02, 2.62981677e01, -3.06009921e-01, 3.71213220e-02,
+    ),
+}
+
+
+@dataclass
+class TeaCacheConfig:
+    """``coefficients``: a name from ``COEFFICIENTS`` or five numbers (x^4 .. x^0); absent = the
+    official set for the transformer's size. ``first_steps`` / ``last_steps``: forced computes
+    (absent = 1 / 1, Wan retention mode 5 / 0)."""
+
+    thresh: float = 0.1
+    coefficients: str | list[float] | None = None
+    retention: bool = False
+    first_steps: int | None = None
+    last_steps: int | None = None
+
+    def __post_init__(self) -> None:
+        self.thresh = base.check_float("thresh", self.thresh)
+        base.check_bool("retention", self.retention)
+        c = self.coefficients
+        if isinstance(c, str):
+            if c not in COEFFICIENTS:
+                raise ValueError(
+                    f"unknown coefficient set '{c}' (known: {', '.join(COEFFICIENTS)})"
+                )
+        elif c is not None:
+            if not isinstance(c, (list, tuple)) or len(c) != 5:
+                raise ValueError("'coefficients' must be a set name or five numbers (x^4 .. x^0)")
+            self.coefficients = [base.check_float("coefficients", v) for v in c]
+        for name in ("first_steps", "last_steps"):
+            if getattr(self, name) is not None:
+                base.check_int(name, getattr(self, name), 0)
+
+    def poly(self) -> tuple[float, ...]:
+        c = self.coefficients
+        return COEFFICIENTS[c] if isinstance(c, str) else tuple(c)
+
+
+def rescale(coefficients: Sequence[float], x: float) -> float:
+    out = 0.0
+    for c in coefficients:
+        out = out * x + c
+    return out
+
+
+def resolve(
+    config: TeaCacheConfig, transformer: torch.nn.Module, family: str
+) -> tuple[TeaCacheConfig, list[str]]:
+    """The config with coefficients and forced steps filled in for this transformer; warnings."""
+    warnings: list[str] = []
+    if config.retention and family != "wan":
+        raise base.CacheError("teacache: retention mode exists for Wan only")
+    coefficients = config.coefficients
+    if coefficients is None:
+        coefficients, note = _default_coefficients(transformer, family, config.retention)
+        if note:
+            warnings.append(note)
+    elif isinstance(coefficients, str) and not coefficients.startswith(family):
+        warnings.append(
+            f"teacache: coefficients '{coefficients}' were fitted for another family than {family}"
+        )
+    return (
+        TeaCacheConfig(
+            thresh=config.thresh,
+            coefficients=coefficients,
+            retention=config.retention,
+            first_steps=(5 if config.retention else 1)
+            if config.first_steps is None
+            else config.first_steps,
+            last_steps=(0 if config.retention else 1)
+            if config.last_steps is None
+            else config.last_steps,
+        ),
+        warnings,
+    )
+
+
+def _default_coefficients(
+    transformer: torch.nn.Module, family: str, retention: bool
+) -> tuple[str, str | None]:
+    cfg = transformer.config
+    dim = cfg.num_attention_heads * cfg.attention_head_dim
+    name, fallback = None, None
+    if family == "wan":
+        i2v = getattr(cfg, "image_dim", None) is not None
+        if dim == 5120:
+            name = "wan2.1-i2v-480p" if i2v else "wan2.1-t2v-14b"
+        elif dim == 1536 and not i2v:
+            name = "wan2.1-t2v-1.3b"
+        else:
+            fallback = "wan2.1-t2v-1.3b"
+        if retention:
+            name, fallback = (name and name + "-ret"), (fallback and fallback + "-ret")
+    elif family == "cogvideox":
+        if getattr(cfg, "patch_size_t", None) is not None:
+            name = "cogvideox1.5-5b-i2v" if cfg.in_channels == 32 else "cogvideox1.5-5b"
+        elif dim == 1920:
+            name = "cogvideox-2b"
+        elif dim == 3072:
+            name = "cogvideox-5b"
+        else:
+            fallback = "cogvideox-2b"
+    else:
+        name = "hunyuanvideo"
+    if name:
+        return name, None
+    return fallback, (
+        f"teacache: no official coefficients for this {family} transformer (inner dim {dim}); "
+        f"using '{fallback}': run `vidcache calibrate` for a fitted set"
+    )
+
+
+def decide(
+    config: TeaCacheConfig,
+    acc: float,
+    step: int,
+    num_steps: int | None,
+    have_residual: bool,
+    distance: Callable[[], float],
+) -> tuple[bool, float, float | None]:
+    """(compute?, new accumulator, relative L1 or None when not read). ``distance`` is only called
+    when the decision depends on it: forced steps read nothing from the device."""
+    forced = (
+        not have_residual
+        or step < config.first_steps
+        or (num_steps is not None and step >= num_steps - config.last_steps)
+    )
+    if forced or config.thresh <= 0:
+        return True, 0.0, None
+    d = distance()
+    acc += rescale(config.poly(), d)
+    if acc < config.thresh:
+        return False, acc, d
+    return True, 0.0, d
+
+
+class TeaCacheState(base.BranchState):
+    def __init__(self) -> None:
+        super().__init__()
+        self.indicator: torch.Tensor | None = None  # this forward's, until the decision
+        self.prev_indicator: torch.Tensor | None = None
+        self.acc = 0.0
+        self.residual: tuple[torch.Tensor, torch.Tensor | None] | None = None
+        self.stack_in: tuple[torch.Tensor, torch.Tensor | None] | None = None
+        self.skipping = False
+
+    def tensors(self):
+        return base.iter_tensors((self.prev_indicator, self.residual, self.stack_in))
+
+
+class IndicatorHook(base.BranchHook):
+    """On the time embedder (Wan, CogVideoX): keeps this forward's indicator for the decision."""
+
+    def __init__(self, states: base.BranchStates, key: str, index: int | None) -> None:
+        super().__init__(states, key)
+        self.index = index
+
+    def post_forward(self, module: torch.nn.Module, output: Any) -> Any:
+        if self.states.has_context:  # not when ``precompute_schedule`` calls the embedder
+            self.states.get_state().indicator = output if self.index is None else output[self.index]
+        return output
+
+
+class TeaCacheBlockHook(base.BranchHook):
+    """On every block of the stack; the head decides, the tail stores the residual."""
+
+    def __init__(
+        self,
+        states: base.BranchStates,
+        key: str,
+        config: TeaCacheConfig,
+        *,
+        head: bool,
+        tail: bool,
+        text_residual: bool,
+        indicator_from_norm1: bool,
+    ) -> None:
+        super().__init__(states, key)
+        self.config = config
+        self.head, self.tail = head, tail
+        self.text_residual = text_residual
+        self.indicator_from_norm1 = indicator_from_norm1
+        self.meta = None
+
+    def initialize_hook(self, module: torch.nn.Module) -> torch.nn.Module:
+        self.meta = base.block_metadata(module)
+        return module
+
+    def _inputs(self, args: tuple, kwargs: dict) -> tuple[torch.Tensor, torch.Tensor | None]:
+        meta = self.meta
+        name = meta.hidden_states_argument_name
+        hidden = meta._get_parameter_from_args_kwargs(name, args, kwargs)
+        enc = None
+        if meta.return_encoder_hidden_states_index is not None:
+            enc = meta._get_parameter_from_args_kwargs(
+                meta.encoder_hidden_states_argument_name, args, kwargs
+            )
+        return hidden, enc
+
+    def _pack(self, hidden: torch.Tensor, enc: torch.Tensor | None) -> Any:
+        meta = self.meta
+        if meta.return_encoder_hidden_states_index is None:
+            return hidden
+        out = [None, None]
+        out[meta.return_hidden_states_index] = hidden
+        out[meta.return_encoder_hidden_states_index] = enc
+        return tuple(out)
+
+    def _decide(self, module: torch.nn.Module, state: TeaCacheState, args, kwargs, hidden) -> bool:
+        if self.indicator_from_norm1:  # HunyuanVideo: modulated input of block 0
+            temb = self.meta._get_parameter_from_args_kwargs("temb", args, kwargs)
+            indicator = module.norm1(hidden, emb=temb)[0]
+        else:
+            indicator = state.indicator
+        if indicator is None:
+            raise RuntimeError("teacache: the time embedder's indicator was not seen this forward")
+        prev = state.prev_indicator
+        info = state.info
+        compute, state.acc, d = decide(
+            self.config,
+            state.acc,
+            info.step,
+            info.num_steps,
+            state.residual is not None and prev is not None,
+            lambda: base.relative_l1(indicator, prev),
+        )
+        state.prev_indicator = indicator.float()
+        state.indicator = None
+        state.record.detail = {"rel_l1": d, "acc": state.acc}
+        return compute
+
+    def new_forward(self, module: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
+        state = self.states.get_state()
+        if self.head:
+            hidden, enc = self._inputs(args, kwargs)
+            state.skipping = not self._decide(module, state, args, kwargs, hidden)
+            if state.skipping:
+                state.record.blocks_skipped = True
+                state.record.action = "blocks skipped"
+                res_h, res_e = state.residual
+                return self._pack(hidden + res_h, enc if res_e is None else enc + res_e)
+            state.stack_in = (hidden, enc)
+        elif state.skipping:
+            return self._pack(*self._inputs(args, kwargs))
+        out = self.fn_ref.original_forward(*args, **kwargs)
+        if self.tail:
+            meta = self.meta
+            hidden_out = out if torch.is_tensor(out) else out[meta.return_hidden_states_index]
+            hidden_in, enc_in = state.stack_in
+            res_e = None
+            if self.text_residual:
+                res_e = out[meta.return_encoder_hidden_states_index] - enc_in
+            state.residual = (hidden_out - hidden_in, res_e)
+            state.stack_in = None
+        return out
+
+
+class TeaCacheForwardHook(base.TransformerHook):
+    def never_fired_hint(self) -> str:
+        thresh = self.params["thresh"]
+        if thresh <= 0:
+            return f"thresh {thresh} never skips"
+        return f"thresh {thresh} is below every accumulated distance; raise it"
+
+
+# family -> (module holding the indicator, index in its output; retention index) or None
+_INDICATOR_MODULES: dict[str, tuple[str, int | None, int | None] | None] = {
+    "wan": ("condition_embedder", 0, 1),
+    "cogvideox": ("time_embedding", None, None),
+    "hunyuan": None,
+}
+
+
+def apply_teacache(
+    transformer: torch.nn.Module,
+    config: TeaCacheConfig,
+    *,
+    pipeline: base.PipelineLink | None = None,
+) -> None:
+    """Attach TeaCache: hooks on the time embedder, on every block and on the transformer."""
+    layout = base.layout_of(transformer)
+    config, warnings = resolve(config, transformer, layout.family)
+    states = base.BranchStates(TeaCacheState)
+    source = _INDICATOR_MODULES[layout.family]
+    if source is not None:
+        name, index, ret_index = source
+        hook = IndicatorHook(states, name, ret_index if config.retention else index)
+        base.register(transformer.get_submodule(name), hook, "teacache.indicator")
+    blocks = layout.blocks(transformer)
+    for i, (key, block) in enumerate(blocks):
+        hook = TeaCacheBlockHook(
+            states,
+            key,
+            config,
+            head=i == 0,
+            tail=i == len(blocks) - 1,
+            text_residual=layout.family == "cogvideox",
+            indicator_from_norm1=source is None,
+        )
+        base.register(block, hook, "teacache")
+    top = TeaCacheForwardHook(
+        "teacache", states, layout, transformer, base.config_params(config), pipeline,
+        warnings=warnings,
+    )
+    base.attach(transformer, top)
+
+
+@torch.no_grad()
+def precompute_schedule(
+    transformer: torch.nn.Module, timesteps: Sequence[float], config: TeaCacheConfig
+) -> list[bool]:
+    """Which steps TeaCache will compute (True) for these timesteps, before any run.
+
+    Possible for Wan and CogVideoX only, whose indicator is a function of the timestep alone: the
+    schedule is then the same for every prompt, every branch and every rank.
+    """
+    layout = base.layout_of(transformer)
+    if layout.family == "hunyuan":
+        raise base.CacheError("teacache: HunyuanVideo's indicator depends on the content")
+    config, _ = resolve(config, transformer, layout.family)
+    indicators = [
+        _timestep_indicator(transformer, layout.family, float(t), config) for t in timesteps
+    ]
+    schedule, acc = [], 0.0
+    for step, ind in enumerate(indicators):
+
+        def distance(cur: torch.Tensor = ind, prev: torch.Tensor = indicators[step - 1]) -> float:
+            return ((cur - prev).abs().sum() / prev.abs().sum()).item()
+
+        compute, acc, _ = decide(config, acc, step, len(timesteps), step > 0, distance)
+        schedule.append(compute)
+    return schedule
+
+
+def _timestep_indicator(
+    transformer: torch.nn.Module, family: str, t: float, config: TeaCacheConfig
+) -> torch.Tensor:
+    """The indicator as the model computes it in its forward (same casts), for one timestep."""
+    dtype = transformer.dtype
+    ts = torch.tensor([t], device=transformer.device)
+    if family == "wan":
+        ce = transformer.condition_embedder
+        proj = ce.timesteps_proj(ts)
+        time_dtype = next(iter(ce.time_embedder.parameters())).dtype
+        temb = ce.time_embedder(proj.to(time_dtype)).to(dtype)
+        return (ce.time_proj(ce.act_fn(temb)) if config.retention else temb).float()
+    emb = transformer.time_embedding(transformer.time_proj(ts).to(dtype))
+    return emb.float()
