@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from . import caches
 from . import jobs as jobs_mod
 from .errors import UsageError
 from .runner import Events, QuietEvents, RunConfig, Runner, plan_run
@@ -135,7 +136,7 @@ def run_bench(runner: Runner, contenders: list[Contender], repeat: int,
         s = samples[c.spec]
         adh = [float(x["adherent"]) for x in s if "adherent" in x]
         rows.append({
-            "method": c.method,
+            "method": caches.report_name(c.method),
             "preset": c.preset,
             "speedup": _median([x["speedup"] for x in s]),
             "speedup_e2e": _median([x["speedup_e2e"] for x in s]),
