@@ -10,7 +10,8 @@ from vidcache.caches import METHOD_NAMES
 from vidcache.cli import app
 
 ROW_KEYS = {"method", "preset", "speedup", "speedup_e2e", "compute_ratio", "psnr", "ssim"}
-MD_HEADER = "| method | preset | speedup | speedup_e2e | compute_ratio | psnr | ssim | lpips | adherence | cache_memory_mb |"
+MD_HEADER = ("| method | preset | speedup | speedup_e2e | compute_ratio | psnr | ssim | lpips | adherence "
+             "| cache_memory_mb |")
 
 
 def test_bench_writes_json_md_png(tiny_dirs, tmp_path):

@@ -93,8 +93,13 @@ def run_bench(runner: Runner, contenders: list[Contender], repeat: int,
     refs: dict[int, np.ndarray] = {}
     base_probe: list[bool] = []
     samples: dict[str, list[dict[str, Any]]] = {c.spec: [] for c in contenders}
+    # Warm-up, once per method: first-call allocations, lazy imports, compilation (--compile) and
+    # calibration videos (MagCache) are nobody's steady-state cost.
+    for c in contenders:
+        runner.set_cache(c.method, None if c.preset == "default" else c.preset, c.params)
+        runner.generate(jobs[0])
     runner.set_cache("none", None, {})
-    runner.generate(jobs[0])  # warm-up: first-call allocations and lazy imports are nobody's cost
+    runner.generate(jobs[0])
     total = repeat * len(jobs) * (1 + 2 * len(contenders))
     done = 0
     for r in range(repeat):

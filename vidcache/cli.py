@@ -45,10 +45,11 @@ class Attention(str, Enum):
     sage = "sage"
 
 
-def _fail(err: BaseException, debug: bool, code: int) -> None:
+def _fail(err: BaseException, debug: bool, code: int, show: bool = True) -> None:
     if debug:
         traceback.print_exc()
-    err_console.print(f"[red]error:[/red] {err}", highlight=False, soft_wrap=True)
+    if show:
+        err_console.print(f"[red]error:[/red] {err}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 
@@ -101,20 +102,35 @@ def gen(
     device: Annotated[Device, typer.Option(help="Where to run.")] = Device.auto,
     dtype: Annotated[DType, typer.Option(
         help="Weights and compute precision (auto: bf16 on CUDA, fp32 on CPU).")] = DType.auto,
-    attention: Annotated[Attention, typer.Option(help="Attention backend (auto = PyTorch SDPA).")] = Attention.auto,
+    attention: Annotated[Attention, typer.Option(
+        help="Attention backend (auto: PyTorch SDPA; FlashAttention-3 for Wan on Hopper when installed).",
+    )] = Attention.auto,
     offload: Annotated[bool, typer.Option(help="Model CPU offload: one component on the GPU at a time.")] = False,
     sequential_offload: Annotated[bool, typer.Option(
         help="Sequential CPU offload: least GPU memory, slowest.")] = False,
+    group_offload: Annotated[bool, typer.Option(
+        help="Group offload: one block on the GPU at a time, the next prefetched on a side stream.")] = False,
+    compile_: Annotated[bool, typer.Option(
+        "--compile", help="torch.compile the transformer blocks (the first video compiles).")] = False,
     overwrite: Annotated[bool, typer.Option(help="Redo videos that are already finished.")] = False,
     shard: Annotated[str | None, typer.Option(help="Render only share i of n (i/n), for render farms.")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print the run summary as JSON on stdout.")] = False,
+    ulysses: Annotated[int | None, typer.Option(
+        help="Under torchrun: ranks that split each sequence with Ulysses all-to-all (default: all).")] = None,
+    ring: Annotated[int | None, typer.Option(
+        help="Under torchrun: ranks that split each sequence with ring attention (GPU only).")] = None,
+    cfg_parallel: Annotated[bool, typer.Option(
+        "--cfg-parallel", help="Under torchrun: half the ranks run the cond branch, half the uncond.")] = False,
     debug: Annotated[bool, typer.Option(help="Show tracebacks.")] = False,
 ) -> None:
     """Generate one MP4 and one timing report per prompt."""
+    import contextlib
+
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from . import jobs
     from .loading import LoadOptions
+    from .parallel import ParallelOptions, is_main
     from .report import summary_table
     from .runner import RunConfig, Runner, plan_run
 
@@ -125,25 +141,33 @@ def gen(
         model=model, cache=cache, preset_file=str(preset) if preset else None, sets=list(set_),
         out=out, overwrite=overwrite, shard=shard, seed=seed, flags=flags,
         load=LoadOptions(device=device.value, dtype=dtype.value, attention=attention.value,
-                         offload=offload, sequential_offload=sequential_offload),
+                         offload=offload, sequential_offload=sequential_offload,
+                         group_offload=group_offload, compile=compile_),
+        parallel=ParallelOptions(ulysses=ulysses, ring=ring, cfg=cfg_parallel),
     )
+    main = is_main()  # under torchrun only rank 0 prints
     try:
         plan = plan_run(cfg, jobs.read_prompts(prompts_file, list(prompt)))
-        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                      TimeElapsedColumn(), console=err_console, transient=True) as progress:
-            runner = Runner(plan, RichEvents(progress))
+        progress = (Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                             TimeElapsedColumn(), console=err_console, transient=True)
+                    if main else contextlib.nullcontext())
+        with progress:
+            runner = Runner(plan, RichEvents(progress) if main else None)
             try:
                 summary = runner.run(debug=debug)
             finally:
                 runner.close()
     except VidcacheError as err:
-        _fail(err, debug, err.exit_code)
+        _fail(err, debug, err.exit_code, show=main)
     except KeyboardInterrupt:
-        err_console.print("[red]interrupted[/red]: finished videos are kept; run again to resume")
+        if main:
+            err_console.print("[red]interrupted[/red]: finished videos are kept; run again to resume")
         raise typer.Exit(130) from None
     except Exception as err:  # noqa: BLE001 - a traceback only with --debug
-        _fail(f"{type(err).__name__}: {err}".splitlines()[0], debug, 1)
-    if json_out:
+        _fail(f"{type(err).__name__}: {err}".splitlines()[0], debug, 1, show=main)
+    if not main:
+        pass
+    elif json_out:
         sys.stdout.write(json.dumps(summary, indent=2) + "\n")
     else:
         out_console.print(summary_table(summary["videos"], f"vidcache: {plan.model.name}, cache {cache}"))
@@ -174,6 +198,8 @@ def bench(
     device: Annotated[Device, typer.Option(help="Where to run.")] = Device.auto,
     dtype: Annotated[DType, typer.Option(help="Precision.")] = DType.auto,
     attention: Annotated[Attention, typer.Option(help="Attention backend.")] = Attention.auto,
+    compile_: Annotated[bool, typer.Option(
+        "--compile", help="torch.compile the transformer blocks (a method's first video compiles).")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print the rows as JSON on stdout.")] = False,
     debug: Annotated[bool, typer.Option(help="Show tracebacks.")] = False,
 ) -> None:
@@ -189,7 +215,7 @@ def bench(
     cfg = RunConfig(
         model=model, preset_file=str(preset) if preset else None, sets=list(set_), out=out, seed=seed,
         flags={"frames": frames, "height": height, "width": width, "steps": steps},
-        load=LoadOptions(device=device.value, dtype=dtype.value, attention=attention.value),
+        load=LoadOptions(device=device.value, dtype=dtype.value, attention=attention.value, compile=compile_),
     )
     try:
         plan, contenders = bench_mod.plan_bench(cfg, jobs.read_prompts(prompts, list(prompt)), caches)

@@ -31,6 +31,8 @@ class LoadOptions:
     attention: str = "auto"
     offload: bool = False
     sequential_offload: bool = False
+    group_offload: bool = False  # diffusers' block-level group offloading (CUDA streams)
+    compile: bool = False  # torch.compile the transformer blocks (vidcache.compile)
 
 
 def pick_device(device: str) -> str:
@@ -51,10 +53,39 @@ def pick_dtype(dtype: str, device: str) -> torch.dtype:
     return DTYPES[dtype]
 
 
-def check_attention(attention: str, device: str) -> str | None:
+def pick_attention(device: str, family: str | None = None, dtype: torch.dtype | None = None) -> str | None:
+    """What ``--attention auto`` runs: the fastest exact backend for the device, or None for
+    diffusers' default, PyTorch SDPA (which picks its own kernel per device and shape).
+
+    The rule, from measurements (one H100, bf16, Wan2.1-1.3B at 32,760 tokens): the default SDPA
+    (0.657 s a forward) beat SDPA forced to cuDNN (0.681 s), to flash (0.891 s) and to
+    mem-efficient (1.453 s), so on CPU and on CUDA the default is SDPA. The one exception is
+    FlashAttention-3 (``flash_attn_interface``), an exact kernel written for Hopper: chosen on an
+    sm90 GPU in bf16/fp16 for Wan when installed, one process only (diffusers' FA3 backend takes no
+    attention mask, which HunyuanVideo needs, nor context parallelism; CogVideoX's attention calls
+    SDPA itself). ``scripts/bench_gpu.py`` times the backends, so the rule can be re-checked on
+    each card. Never chosen automatically: SageAttention (quantises Q.K to int8: not exact),
+    flash-attn 2 and xformers (the same class of kernel as SDPA's flash, measured slower).
+    """
+    if device != "cuda" or family != "wan" or int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        return None
+    if dtype not in (torch.bfloat16, torch.float16) or not flash_attention_3_available():
+        return None
+    return "_flash_3" if torch.cuda.get_device_capability()[0] == 9 else None
+
+
+def flash_attention_3_available() -> bool:
+    """FlashAttention-3 as diffusers' ``_flash_3`` backend can use it (the package and its module)."""
+    from diffusers.utils import is_flash_attn_3_available
+
+    return is_flash_attn_3_available() and importlib.util.find_spec("flash_attn_interface") is not None
+
+
+def check_attention(attention: str, device: str, family: str | None = None,
+                    dtype: torch.dtype | None = None) -> str | None:
     """The diffusers backend to set, or None for diffusers' default (SDPA); refuses what can't run."""
     if attention == "auto":
-        return None
+        return pick_attention(device, family, dtype)
     if attention not in ATTENTION:
         raise UsageError(f"--attention {attention}: expected auto, {', '.join(ATTENTION)}")
     backend, package = ATTENTION[attention]
@@ -62,12 +93,21 @@ def check_attention(attention: str, device: str) -> str | None:
         raise UsageError(f"--attention {attention} needs the '{package}' package: {_EXTRA[package]}")
     if package and device != "cuda":
         raise UsageError(f"--attention {attention} needs a CUDA device (use sdpa on {device})")
+    if package and family == "hunyuan":
+        raise UsageError(f"--attention {attention} takes no attention mask, which HunyuanVideo needs (use sdpa)")
     return backend
 
 
 def check_offload(opts: LoadOptions, device: str) -> None:
-    if (opts.offload or opts.sequential_offload) and device != "cuda":
-        raise UsageError("--offload moves weights between CPU and GPU: it needs --device cuda")
+    chosen = [flag for flag, on in (("--offload", opts.offload), ("--sequential-offload", opts.sequential_offload),
+                                    ("--group-offload", opts.group_offload)) if on]
+    if len(chosen) > 1:
+        raise UsageError(f"{' and '.join(chosen)}: choose one offloading mode")
+    if chosen and device != "cuda":
+        raise UsageError(f"{chosen[0]} moves weights between CPU and GPU: it needs --device cuda")
+    if opts.compile and opts.sequential_offload:
+        raise UsageError("--compile with --sequential-offload: sequential offload hooks every layer; "
+                         "use --group-offload or --offload")
 
 
 def transformers_of(pipe) -> list[torch.nn.Module]:
@@ -92,7 +132,7 @@ def load_pipeline(model: ResolvedModel, opts: LoadOptions):
     quiet_libraries()
     device = pick_device(opts.device)
     dtype = pick_dtype(opts.dtype, device)
-    backend = check_attention(opts.attention, device)
+    backend = check_attention(opts.attention, device, model.family.name, dtype)
     check_offload(opts, device)
     cls = getattr(diffusers, model.family.pipeline_class)
     # Wan's VAE is numerically fragile in half precision; the reference code keeps it in fp32.
@@ -123,6 +163,11 @@ def load_pipeline(model: ResolvedModel, opts: LoadOptions):
             tr.set_attention_backend(backend)
     if opts.sequential_offload:
         pipe.enable_sequential_cpu_offload()
+    elif opts.group_offload:
+        # one block at a time on the GPU, the next one copied in on a side stream meanwhile: close to
+        # sequential offload's memory at a fraction of its cost (the transfers overlap compute)
+        pipe.enable_group_offload(onload_device=torch.device(device), offload_type="block_level",
+                                  num_blocks_per_group=1, use_stream=True)
     elif opts.offload:
         pipe.enable_model_cpu_offload()
     else:

@@ -16,10 +16,11 @@ from typing import Any, Protocol
 
 import torch
 
-from . import caches, presets
+from . import caches, memory, parallel, presets
 from . import jobs as jobs_mod
+from .compile import compile_pipeline
 from .errors import UsageError
-from .loading import LoadOptions, load_pipeline, transformers_of
+from .loading import LoadOptions, load_pipeline, pick_device, transformers_of
 from .models import ResolvedModel, resolve
 from .report import device_info, versions, video_row
 from .timing import PipelineTimer
@@ -40,6 +41,7 @@ class RunConfig:
     shard: str | None = None
     seed: int = 0
     flags: dict[str, Any] = field(default_factory=dict)  # GEN_FLAGS given on the command line
+    parallel: parallel.ParallelOptions = field(default_factory=parallel.ParallelOptions)
 
 
 @dataclass
@@ -50,11 +52,12 @@ class Plan:
     cache_params: dict[str, Any]
     jobs: list[jobs_mod.Job]
     config: RunConfig
+    parallel: parallel.ParallelPlan | None = None  # None: one process
 
 
 def split_cache(name: str) -> tuple[str, str | None]:
     method, _, variant = name.partition(".")
-    method = method.strip().lower()
+    method = caches.canonical(method.strip().lower())
     if caches.method_fields(method) is None:
         raise UsageError(f"--cache {name}: unknown method (known: {', '.join(caches.METHOD_NAMES)})")
     return method, variant or None
@@ -95,7 +98,9 @@ def plan_run(cfg: RunConfig, prompts: list[jobs_mod.Prompt]) -> Plan:
     all_jobs = jobs_mod.build_jobs(prompts, preset.defaults, cfg.flags, cfg.seed)
     jobs_mod.validate(all_jobs, model.family, model.size_multiple,
                       model.known.max_frames if model.known else None)
-    return Plan(model, method, variant, params, jobs_mod.shard(all_jobs, cfg.shard), cfg)
+    todo = jobs_mod.shard(all_jobs, cfg.shard)
+    par = parallel.plan_parallel(cfg.parallel, model, todo, cfg.load.device, cfg.load.attention)
+    return Plan(model, method, variant, params, todo, cfg, par)
 
 
 class Events(Protocol):
@@ -113,6 +118,12 @@ class QuietEvents:
     def video_end(self, row): ...
     def warn(self, message):
         print(f"warning: {message}", file=sys.stderr)
+
+
+class _OtherRankEvents(QuietEvents):
+    """Ranks other than 0 render the same videos silently: rank 0 tells the user."""
+
+    def warn(self, message): ...
 
 
 def _peak_bytes(device: str) -> tuple[int, str]:
@@ -142,23 +153,54 @@ class Runner:
         self.requested_params: dict[str, Any] = dict(plan.cache_params)
         self.cache_params: dict[str, Any] = {}
         self.out = Path(plan.config.out)
+        self.par: parallel.ParallelRun | None = None
 
     # -- setup -------------------------------------------------------------------------------
+    def start_parallel(self) -> None:
+        """Join the torchrun process group (before loading: NCCL picks this rank's GPU)."""
+        if self.plan.parallel is not None and self.par is None:
+            self.par = parallel.ParallelRun(self.plan.parallel, pick_device(self.plan.config.load.device))
+            if not self.par.is_main:
+                self.events = _OtherRankEvents()
+
+    @property
+    def is_main(self) -> bool:
+        return self.par is None or self.par.is_main
+
     def load(self) -> None:
+        self.start_parallel()
         self.pipe, self.device, self.dtype = load_pipeline(self.plan.model, self.plan.config.load)
         self.timer = PipelineTimer(self.pipe, transformers_of(self.pipe), self.device)
         self.set_cache(self.method, self.variant, self.requested_params)
+        if self.par is not None:  # after the cache: diffusers' split/gather hooks must wrap the cache's
+            self.par.enable(self.pipe, transformers_of(self.pipe))
+            self._compile()  # again: the compiled regions must lie below the parallel hooks too
+
+    def _compile(self) -> None:
+        """``--compile``: compile the hook-free regions of the blocks, below every hook (vidcache.compile)."""
+        if self.plan.config.load.compile:
+            compile_pipeline(self.pipe)
 
     def set_cache(self, method: str, variant: str | None, params: dict[str, Any]) -> None:
         """Swap the caching method on the loaded pipeline (the bench runs several on one load)."""
+        if self.par is not None and self.par.enabled:
+            raise UsageError("the cache cannot change once context parallelism is enabled (it must come first)")
         caches.remove_cache(self.pipe)
         self.method, self.variant, self.requested_params = method, variant, dict(params)
         self.cache_params = caches.apply_cache(self.pipe, method, params=params) if method != "none" else {}
+        self._compile()  # the compiled regions follow the hooks (a block compiled whole for TeaCache is not for PAB)
+        memory.check_cache_fits(self.pipe, method, self.cache_params or self.requested_params, self.plan.jobs,
+                                self.device, weights_offloaded=self.plan.config.load.offload, ranks=self._ranks())
+
+    def _ranks(self) -> int:
+        return self.plan.parallel.world_size if self.plan.parallel is not None else 1
 
     def close(self) -> None:
         if self.pipe is not None:
             self.timer.close()
             caches.remove_cache(self.pipe)
+        if self.par is not None:
+            self.par.close()
 
     def job_context(self) -> dict[str, Any]:
         m = self.plan.model
@@ -199,6 +241,8 @@ class Runner:
             kw["negative_prompt"] = job.negative_prompt
         if job.guidance_2 is not None and getattr(self.pipe, "transformer_2", None) is not None:
             kw["guidance_scale_2"] = job.guidance_2
+        if not self.is_main:  # only rank 0 writes the video: the others skip the VAE decode
+            kw["output_type"] = "latent"
         return kw
 
     def _on_step(self, pipe, step, timestep, callback_kwargs):
@@ -221,6 +265,8 @@ class Runner:
         total = self.timer.now() - t0
         times = self.timer.times
         stats = caches.cache_stats(self.pipe)
+        if self.par is not None:
+            stats = self.par.merge_stats(stats)
         for w in stats.get("warnings", []):
             self.events.warn(f"{job.name}: {w}")
         peak, kind = _peak_bytes(self.device)
@@ -240,8 +286,12 @@ class Runner:
             "guidance_2": job.guidance_2,
             "flow_shift": job.flow_shift,
             "fps": job.fps,
-            "cache": {"method": self.method, "variant": self.variant,
-                      "params": self.cache_params, "stats": stats},
+            "cache": {"method": caches.report_name(self.method), "variant": self.variant,
+                      "params": self.cache_params, "stats": stats,
+                      # what vidcache.memory expected the cache to hold (per process); None: no estimate
+                      "estimate_bytes": memory.pipeline_estimate(self.pipe, self.method,
+                                                                 self.cache_params or self.requested_params,
+                                                                 job, self._ranks())},
             "timing": {
                 "text_encode_s": times.text_encode_s,
                 "denoise_s": sum(times.step_s),
@@ -256,6 +306,8 @@ class Runner:
             "job": asdict(job),
             "job_key": job.key(self.job_context()),
         }
+        if self.par is not None:
+            report["parallel"] = self.par.report(peak)
         return out.frames[0], report
 
     def render(self, job: jobs_mod.Job) -> dict[str, Any]:
@@ -268,6 +320,8 @@ class Runner:
             return self._failed(job, msg)
         except MemoryError:
             return self._failed(job, "out of memory: try fewer frames (--frames), a smaller size, or a smaller model")
+        if not self.is_main:
+            return report
         mp4 = write_mp4(self.out / f"{job.name}.mp4", frames, job.fps)
         report["mp4"] = mp4.name
         write_json(self.out / f"{job.name}.json", report)
@@ -284,9 +338,14 @@ class Runner:
         todo = self.plan.jobs
         rows, t0 = [], time.perf_counter()
         loaded = False
+        self.start_parallel()
+        agreed = None
+        if self.par is not None:  # rank 0 reads the disk; every rank must run the same jobs
+            agreed = self.par.agree_flags([self.is_main and self.finished(j) is not None for j in todo])
         for pos, job in enumerate(todo):
             self.events.video_start(job, pos, len(todo))
-            done = self.finished(job)
+            done = self.finished(job) if agreed is None else (
+                (self.finished(job) or {"name": job.name}) if agreed[pos] else None)
             if done is not None:
                 row = video_row(done) | {"status": "skipped"}
             else:
@@ -309,7 +368,7 @@ class Runner:
         m = self.plan.model
         summary = {
             "model": {"name": m.name, "family": m.family.name, "source": m.source},
-            "cache": {"method": self.method, "variant": self.variant,
+            "cache": {"method": caches.report_name(self.method), "variant": self.variant,
                       "params": self.cache_params or self.requested_params},
             "out": str(self.out),
             "seconds": seconds,
@@ -317,5 +376,6 @@ class Runner:
             "videos": rows,
             "versions": versions(),
         }
-        write_json(self.out / "run.json", summary)
+        if self.is_main:
+            write_json(self.out / "run.json", summary)
         return summary

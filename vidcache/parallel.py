@@ -1,0 +1,894 @@
+"""Context parallelism: several processes (GPUs) render one video together.
+
+Why this module exists: diffusers 0.42.1 can split a transformer's sequence across ranks (Ulysses
+all-to-all, ring attention, or both) through ``ContextParallelConfig`` and ``enable_parallelism``,
+but only for models that declare a ``_cp_plan`` whose attention goes through
+``dispatch_attention_fn``. Of vidcache's three families only Wan does. This module supplies the
+rest, without copying diffusers' model code:
+
+* **HunyuanVideo**: a plan that splits the video tokens (the patch embedder's output and the RoPE
+  table) and gathers ``proj_out``. The text tokens are *not* split: every rank keeps all of them and
+  appends them to its video shard, as the model does. After Ulysses' all-to-all (or along the ring)
+  each text key would then be seen once per rank, which changes the softmax; a hook on every block
+  rewrites the model's attention mask so that each text key counts exactly once (a boolean mask
+  under Ulysses: only Ulysses rank 0's copy is visible, exact; an additive ``-log(ring)`` bias under
+  ring attention, exact up to rounding). Padded text tokens stay masked.
+* **CogVideoX**: its attention processor calls ``F.scaled_dot_product_attention`` itself, so
+  context parallelism never reaches it. ``CogVideoXAttnProcessorCP`` computes the same thing
+  through ``dispatch_attention_fn``. The joint [text, video] sequence is split into contiguous
+  equal shares (``CogVideoXSplitHooks``; why not a ``_cp_plan`` is explained there): the keys stay
+  in the model's order, so the result matches one process, and no attention mask is needed.
+* **CFG parallelism** (``--cfg-parallel``): half the ranks compute the conditional branch, half the
+  unconditional, and they exchange the noise predictions. diffusers 0.42.1 has no CFG parallelism
+  (a TODO in ``_modeling_parallel.py``), so ``CFGParallelHook`` does it from outside the model.
+
+Caches: vidcache applies the cache *before* this module enables parallelism, so diffusers' split and
+gather hooks wrap the cache hooks, and the CFG hook wraps everything. Every data-dependent cache
+decision is all-reduced by ``caches.base.agreed_values`` over a decision group this module sets:
+the ranks that see the same branch (all ranks, except under CFG parallelism on Wan, where cond and
+uncond ranks decide separately, as one process would per branch).
+
+Validation needs no weights: ``plan_parallel`` reads the model's ``transformer/config.json`` (or
+knows the shipped models' numbers) and refuses bad splits with one line saying what would work.
+
+CPU (gloo) is supported for testing: diffusers computes ``rank % torch.accelerator.device_count()``
+while resolving the mesh, which divides by zero on a CPU-only torch; ``enable`` patches the count to
+1 for that call only. Ring attention needs an attention backend that returns the log-sum-exp
+(cuDNN or flash attention on a GPU); on CPU it is refused.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import json
+import math
+import os
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from diffusers.hooks import HookRegistry, ModelHook
+from diffusers.hooks.hooks import BaseState, StateManager
+from diffusers.utils.torch_utils import unwrap_module
+
+from .errors import UsageError
+
+HOOK_PREFIX = "vidcache_parallel."
+# --attention values that return the log-sum-exp ring attention needs; auto / sdpa become cuDNN.
+RING_BACKENDS = {"flash": "flash", "sage": "sage", "auto": "_native_cudnn", "sdpa": "_native_cudnn"}
+CP_BACKENDS = {"auto", "sdpa", "flash", "sage"}  # diffusers backends with context parallel support
+
+
+# --------------------------------------------------------------------------------------------
+# What the user asked for, and what was planned
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ParallelOptions:
+    """``--ulysses``, ``--ring`` and ``--cfg-parallel`` as given (None: not given)."""
+
+    ulysses: int | None = None
+    ring: int | None = None
+    cfg: bool = False
+
+
+@dataclass(frozen=True)
+class ParallelPlan:
+    """How the ranks of a torchrun launch split the work: world = cfg x ring x ulysses."""
+
+    world_size: int
+    ulysses: int
+    ring: int
+    cfg: int
+    family: str
+    cfg_layout: str
+    attention: str = "auto"
+
+    @property
+    def cp(self) -> int:
+        """Ranks that share one sequence (one CFG branch)."""
+        return self.ulysses * self.ring
+
+    def report(self) -> dict[str, int]:
+        return {"world_size": self.world_size, "ulysses": self.ulysses, "ring": self.ring, "cfg": self.cfg}
+
+
+def env_world() -> tuple[int, int, int]:
+    """(rank, world size, local rank) from torchrun's environment; (0, 1, 0) without it."""
+    def num(key: str, default: int) -> int:
+        try:
+            return int(os.environ.get(key, default))
+        except ValueError:
+            return default
+
+    return num("RANK", 0), num("WORLD_SIZE", 1), num("LOCAL_RANK", 0)
+
+
+def is_main() -> bool:
+    """Whether this process prints and writes: rank 0, or the only process."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank() == 0
+    return env_world()[0] == 0
+
+
+# --------------------------------------------------------------------------------------------
+# Model numbers, read without loading weights
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """What decides how a model's sequence can be split."""
+
+    heads: int | None
+    patch_t: int
+    patch: int
+    t_comp: int = 4
+    s_comp: int = 8
+
+    def video_grid(self, frames: int, height: int, width: int) -> tuple[int, int, int]:
+        latent_f = (frames - 1) // self.t_comp + 1
+        return (math.ceil(latent_f / self.patch_t), height // (self.s_comp * self.patch),
+                width // (self.s_comp * self.patch))
+
+
+# The shipped models' transformer numbers (from their transformer/config.json), used when the
+# config is not on disk yet: validation must not need a download.
+KNOWN_GEOMETRY: dict[str, Geometry] = {
+    "wan": Geometry(12, 1, 2),
+    "wan-14b": Geometry(40, 1, 2),
+    "wan2.2-ti2v-5b": Geometry(24, 1, 2, s_comp=16),
+    "wan2.2-t2v-a14b": Geometry(40, 1, 2),
+    "hunyuan": Geometry(24, 1, 2),
+    "cogvideox": Geometry(30, 1, 2),
+    "cogvideox-5b": Geometry(48, 1, 2),
+}
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _config_file(source: str, name: str, is_local: bool) -> dict | None:
+    if is_local:
+        return _read_json(Path(source) / name)
+    try:
+        from huggingface_hub import hf_hub_download
+
+        return _read_json(Path(hf_hub_download(source, name, local_files_only=True)))
+    except Exception:  # noqa: BLE001 - not cached: fall back to the known numbers
+        return None
+
+
+def model_geometry(model: Any) -> Geometry | None:
+    """Heads, patch sizes and VAE compression of a resolved model, from its configs or known numbers."""
+    tr = _config_file(model.source, "transformer/config.json", model.is_local)
+    known = KNOWN_GEOMETRY.get(model.known.name) if model.known else None
+    if tr is None:
+        return known
+    patch = tr.get("patch_size", 2)
+    if isinstance(patch, (list, tuple)):  # Wan: (t, h, w)
+        patch_t, patch = int(patch[0]), int(patch[-1])
+    else:
+        patch_t = int(tr.get("patch_size_t") or 1)
+    vae = _config_file(model.source, "vae/config.json", model.is_local) or {}
+    t_comp = vae.get("scale_factor_temporal") or vae.get("temporal_compression_ratio") or 4
+    s_comp = vae.get("scale_factor_spatial") or vae.get("spatial_compression_ratio")
+    if s_comp is None and vae.get("block_out_channels"):  # CogVideoX: one downsample per level but the last
+        s_comp = 2 ** (len(vae["block_out_channels"]) - 1)
+    return Geometry(tr.get("num_attention_heads"), patch_t, int(patch), int(t_comp), int(s_comp or 8))
+
+
+# --------------------------------------------------------------------------------------------
+# Validation, before any weight is read
+# --------------------------------------------------------------------------------------------
+
+
+def _divisors(n: int) -> list[int]:
+    return [d for d in range(2, n + 1) if n % d == 0]
+
+
+def _fits(p: int, ulysses: int, geo: Geometry | None, jobs: list[Any], family: str) -> str | None:
+    """Why sequence-parallel degree ``p`` (Ulysses part ``ulysses``) cannot run these jobs; None if it can."""
+    if p == 1:
+        return None
+    if geo is not None and geo.heads and geo.heads % ulysses:
+        return f"its {geo.heads} attention heads do not divide by Ulysses degree {ulysses}"
+    for job in jobs:
+        grid = geo.video_grid(job.frames, job.height, job.width) if geo else None
+        if not grid:
+            continue
+        f, h, w = grid
+        if family == "cogvideox" and (f * h * w + job.text_len) % p:  # the joint sequence is split
+            return (f"job {job.name}: {job.text_len} text + {f}x{h}x{w} = {f * h * w} video tokens make "
+                    f"{f * h * w + job.text_len}, not divisible by ulysses x ring = {p}")
+        if family != "cogvideox" and (f * h * w) % p:
+            return (f"job {job.name}: {job.frames}x{job.height}x{job.width} makes {f}x{h}x{w} = {f * h * w} "
+                    f"video tokens, not divisible by ulysses x ring = {p}")
+    return None
+
+
+def _options(world: int, cfg: int, geo: Geometry | None, jobs: list[Any], family: str, cpu: bool) -> list[str]:
+    options = []
+    for c in ((2, 1) if cfg == 2 else (1,)):
+        if world % c:
+            continue
+        p = world // c
+        for ring in ([1] if cpu else _divisors(p) + [1]):
+            u = p // ring
+            if p % ring or _fits(p, u, geo, jobs, family):
+                continue
+            flags = [f"--ulysses {u}"] if u > 1 else []
+            flags += [f"--ring {ring}"] if ring > 1 else []
+            flags += ["--cfg-parallel"] if c == 2 else []
+            options.append(" ".join(flags) or "no flags")
+    return list(dict.fromkeys(options))
+
+
+def _suggest(world: int, cfg: int, geo: Geometry | None, jobs: list[Any], family: str, cpu: bool) -> str:
+    """What would work with ``world`` processes, as flags; else which process counts would."""
+    options = _options(world, cfg, geo, jobs, family, cpu)
+    if options:
+        return f"with {world} processes use {' or '.join(options[:4])}"
+    counts = [n for n in range(2, max(world, 8) + 1) if _options(n, cfg, geo, jobs, family, cpu)]
+    where = " (ring attention needs a GPU)" if cpu else ""
+    if not counts:
+        return f"no split of these jobs fits up to {max(world, 8)} processes{where}: change their frames or size"
+    return f"no split of {world} processes fits{where}; launch {' or '.join(map(str, counts[:6]))} processes"
+
+
+def plan_parallel(opts: ParallelOptions, model: Any, jobs: list[Any], device: str = "auto",
+                  attention: str = "auto") -> ParallelPlan | None:
+    """Check the split against the launch and the model; None for an ordinary single process.
+
+    Everything here runs before the weights load, on every rank alike, so every rank refuses the
+    same way with the same line.
+    """
+    _, world, _ = env_world()
+    fam = model.family
+    asked = (opts.ulysses or 1) > 1 or (opts.ring or 1) > 1 or opts.cfg
+    for flag, value in (("--ulysses", opts.ulysses), ("--ring", opts.ring)):
+        if value is not None and value < 1:
+            raise UsageError(f"{flag} {value}: must be at least 1")
+    if world <= 1:
+        if asked:
+            n = (opts.ulysses or 1) * (opts.ring or 1) * (2 if opts.cfg else 1)
+            raise UsageError(f"parallel flags need {n} processes: launch with "
+                             f"`torchrun --nproc_per_node={n} -m vidcache gen ...`")
+        return None
+    cfg = 2 if opts.cfg else 1
+    if opts.cfg:
+        if fam.cfg_layout not in ("separate", "batched"):
+            raise UsageError(f"--cfg-parallel: {model.name} is guidance-distilled (one forward per step), there "
+                             f"is no second branch to split; use --ulysses {world}")
+        for job in jobs:
+            if job.guidance <= 1 or (job.guidance_2 is not None and job.guidance_2 <= 1):
+                raise UsageError(f"--cfg-parallel: job {job.name} has guidance <= 1, so there is no "
+                                 "unconditional branch; drop --cfg-parallel or raise --guidance")
+    cpu = device == "cpu" or (device == "auto" and not torch.cuda.is_available())
+    geo = model_geometry(model)
+    ring, ulysses = opts.ring, opts.ulysses
+    if ulysses is None and world % (cfg * (ring or 1)) == 0:
+        ulysses = world // (cfg * (ring or 1))
+    if ring is None and ulysses and world % (cfg * ulysses) == 0:
+        ring = world // (cfg * ulysses)
+    ulysses, ring = ulysses or 1, ring or 1
+    hint = _suggest(world, cfg, geo, jobs, fam.name, cpu)
+    if ulysses * ring * cfg != world:
+        raise UsageError(f"world size {world} != ulysses {ulysses} x ring {ring} x cfg {cfg} = "
+                         f"{ulysses * ring * cfg}; {hint}")
+    if ring > 1 and cpu:
+        raise UsageError("--ring: ring attention needs an attention backend that returns the log-sum-exp "
+                         f"(cuDNN or flash attention on a GPU), not available on CPU; {hint}")
+    if attention not in CP_BACKENDS:
+        raise UsageError(f"--attention {attention}: diffusers has no context parallel support for it; "
+                         "use sdpa, flash or sage")
+    if ring > 1 and fam.name == "hunyuan" and attention in ("flash", "sage"):
+        raise UsageError(f"--attention {attention} takes no attention mask, which HunyuanVideo needs; "
+                         "use --attention sdpa (cuDNN under ring attention)")
+    why = _fits(ulysses * ring, ulysses, geo, jobs, fam.name)
+    if why:
+        raise UsageError(f"cannot split {model.name} {ulysses * ring} ways: {why}; {hint}")
+    return ParallelPlan(world, ulysses, ring, cfg, fam.name, fam.cfg_layout, attention)
+
+
+# --------------------------------------------------------------------------------------------
+# Context parallel plans for the families diffusers lacks
+# --------------------------------------------------------------------------------------------
+
+
+def hunyuan_video_cp_plan() -> dict[str, Any]:
+    """Split the video tokens where they are made, gather them at ``proj_out``; text stays whole."""
+    from diffusers.models._modeling_parallel import ContextParallelInput, ContextParallelOutput
+
+    return {
+        "x_embedder": {0: ContextParallelInput(split_dim=1, expected_dims=3, split_output=True)},
+        "rope": {
+            0: ContextParallelInput(split_dim=0, expected_dims=2, split_output=True),
+            1: ContextParallelInput(split_dim=0, expected_dims=2, split_output=True),
+        },
+        "proj_out": ContextParallelOutput(gather_dim=1, expected_dims=3),
+    }
+
+
+@dataclass(frozen=True)
+class JointShare:
+    """One rank's contiguous share of a joint [text, video] sequence split ``parts`` ways."""
+
+    n_text: int
+    n_video: int
+    parts: int
+    index: int
+
+    @property
+    def size(self) -> int:
+        return (self.n_text + self.n_video) // self.parts
+
+    def text(self, index: int | None = None) -> tuple[int, int]:
+        lo = (self.index if index is None else index) * self.size
+        return min(lo, self.n_text), min(lo + self.size, self.n_text)
+
+    def video(self, index: int | None = None) -> tuple[int, int]:
+        lo = (self.index if index is None else index) * self.size
+        return max(lo - self.n_text, 0), max(lo + self.size - self.n_text, 0)
+
+
+class CogVideoXSplitHooks:
+    """CogVideoX's sequence split, as three hooks sharing one ``JointShare`` per forward.
+
+    Why not a ``_cp_plan``: diffusers' plans split each tensor into equal chunks, but CogVideoX's
+    blocks take the text and the video as two tensors and attend over their concatenation. Equal
+    chunks of each put the keys in the order [text_0, video_0, text_1, video_1] after Ulysses'
+    all-to-all (a permutation: same attention, other rounding) and need the degree to divide the
+    226 text tokens, that is 2. Splitting the *joint* sequence into contiguous equal chunks instead
+    (rank 0: all text and the first video tokens; later ranks: video only) keeps the keys in the
+    model's own order, so the result matches one process exactly, and only the joint length
+    (226 + video tokens) must divide by the degree. A rank may hold no text: the blocks handle
+    an empty text stream.
+
+    * on the transformer: read the lengths, slice the RoPE table to this rank's video tokens;
+    * on ``transformer_blocks.0``: slice both streams to this rank's share;
+    * on ``proj_out``: all-gather the video tokens (padded to one size) back into order.
+    """
+
+    def __init__(self, transformer: torch.nn.Module, parts: int, index: int, group: Any) -> None:
+        self.parts, self.index, self.group = parts, index, group
+        config = transformer.config
+        self.patch, self.patch_t = config.patch_size, config.patch_size_t or 1
+        self.share: JointShare | None = None
+        self.top, self.first, self.last = _TopSplit(self), _FirstBlockSplit(self), _OutputGather(self)
+
+    def register(self, transformer: torch.nn.Module) -> None:
+        for module, hook, name in ((transformer, self.top, "joint_split"),
+                                   (transformer.transformer_blocks[0], self.first, "joint_split"),
+                                   (transformer.proj_out, self.last, "joint_gather")):
+            HookRegistry.check_if_exists_or_initialize(module).register_hook(hook, HOOK_PREFIX + name)
+        HookRegistry.check_if_exists_or_initialize(transformer).invalidate_child_registries_cache()
+
+
+def _get(name: str, index: int, args: list, kwargs: dict) -> Any:
+    return kwargs[name] if name in kwargs else (args[index] if index < len(args) else None)
+
+
+def _put(name: str, index: int, value: Any, args: list, kwargs: dict) -> None:
+    if name in kwargs or index >= len(args):
+        kwargs[name] = value
+    else:
+        args[index] = value
+
+
+class _TopSplit(ModelHook):
+    # CogVideoXTransformer3DModel.forward(hidden_states, encoder_hidden_states, timestep, timestep_cond,
+    #                                     ofs, image_rotary_emb, ...)
+    def __init__(self, owner: CogVideoXSplitHooks) -> None:
+        super().__init__()
+        self.owner = owner
+
+    def pre_forward(self, module: torch.nn.Module, *args: Any, **kwargs: Any) -> tuple[tuple, dict]:
+        o, args = self.owner, list(args)
+        hidden = _get("hidden_states", 0, args, kwargs)
+        text = _get("encoder_hidden_states", 1, args, kwargs)
+        _, frames, _, height, width = hidden.shape
+        n_video = math.ceil(frames / o.patch_t) * (height // o.patch) * (width // o.patch)
+        o.share = JointShare(text.shape[1], n_video, o.parts, o.index)
+        rope = _get("image_rotary_emb", 5, args, kwargs)
+        if rope is not None:
+            lo, hi = o.share.video()
+            _put("image_rotary_emb", 5, tuple(f[lo:hi] for f in rope), args, kwargs)
+        return tuple(args), kwargs
+
+
+class _FirstBlockSplit(ModelHook):
+    # CogVideoXBlock.forward(hidden_states, encoder_hidden_states, temb, image_rotary_emb, ...)
+    def __init__(self, owner: CogVideoXSplitHooks) -> None:
+        super().__init__()
+        self.owner = owner
+
+    def pre_forward(self, module: torch.nn.Module, *args: Any, **kwargs: Any) -> tuple[tuple, dict]:
+        share, args = self.owner.share, list(args)
+        hidden = _get("hidden_states", 0, args, kwargs)
+        text = _get("encoder_hidden_states", 1, args, kwargs)
+        if hidden.shape[1] != share.n_video or text.shape[1] != share.n_text:
+            raise RuntimeError("CogVideoX context parallelism: the first block got an unexpected sequence")
+        (vlo, vhi), (tlo, thi) = share.video(), share.text()
+        _put("hidden_states", 0, hidden[:, vlo:vhi], args, kwargs)
+        _put("encoder_hidden_states", 1, text[:, tlo:thi], args, kwargs)
+        return tuple(args), kwargs
+
+
+class _OutputGather(ModelHook):
+    def __init__(self, owner: CogVideoXSplitHooks) -> None:
+        super().__init__()
+        self.owner = owner
+
+    def post_forward(self, module: torch.nn.Module, output: torch.Tensor) -> torch.Tensor:
+        o, share = self.owner, self.owner.share
+        sizes = [hi - lo for lo, hi in (share.video(i) for i in range(o.parts))]
+        longest = max(sizes)
+        padded = output.new_zeros(output.shape[0], longest, *output.shape[2:])
+        padded[:, : output.shape[1]] = output
+        parts = [torch.empty_like(padded) for _ in sizes]
+        dist.all_gather(parts, padded.contiguous(), group=o.group)
+        return torch.cat([p[:, :n] for p, n in zip(parts, sizes)], dim=1)
+
+
+class CogVideoXAttnProcessorCP:
+    """``CogVideoXAttnProcessor2_0``'s computation through diffusers' ``dispatch_attention_fn``.
+
+    Same projections, QK norms, RoPE on the video part and output projection, in diffusers'
+    (batch, sequence, heads, head_dim) layout, so that the attention backend and context
+    parallelism configured on the model take effect.
+    """
+
+    _attention_backend = None
+    _parallel_config = None
+
+    def __call__(
+        self,
+        attn: torch.nn.Module,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        image_rotary_emb: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        from diffusers.models.attention_dispatch import dispatch_attention_fn
+        from diffusers.models.embeddings import apply_rotary_emb
+
+        text_seq_length = encoder_hidden_states.size(1)
+        hidden_states = torch.cat([encoder_hidden_states, hidden_states], dim=1)
+        batch_size, sequence_length, _ = hidden_states.shape
+        if attention_mask is not None:
+            attention_mask = attn.prepare_attention_mask(attention_mask, sequence_length, batch_size)
+            attention_mask = attention_mask.view(batch_size, attn.heads, -1, attention_mask.shape[-1])
+
+        query = attn.to_q(hidden_states).unflatten(2, (attn.heads, -1))
+        key = attn.to_k(hidden_states).unflatten(2, (attn.heads, -1))
+        value = attn.to_v(hidden_states).unflatten(2, (attn.heads, -1))
+        if attn.norm_q is not None:
+            query = attn.norm_q(query)
+        if attn.norm_k is not None:
+            key = attn.norm_k(key)
+        if image_rotary_emb is not None and sequence_length > text_seq_length:  # a rank may hold no video
+            query = torch.cat([query[:, :text_seq_length],
+                               apply_rotary_emb(query[:, text_seq_length:], image_rotary_emb, sequence_dim=1)], dim=1)
+            if not attn.is_cross_attention:
+                key = torch.cat([key[:, :text_seq_length],
+                                 apply_rotary_emb(key[:, text_seq_length:], image_rotary_emb, sequence_dim=1)], dim=1)
+
+        hidden_states = dispatch_attention_fn(
+            query, key, value, attn_mask=attention_mask, dropout_p=0.0, is_causal=False,
+            backend=self._attention_backend, parallel_config=self._parallel_config,
+        )
+        hidden_states = hidden_states.flatten(2, 3).to(query.dtype)
+        hidden_states = attn.to_out[0](hidden_states)
+        hidden_states = attn.to_out[1](hidden_states)
+        encoder_hidden_states, hidden_states = hidden_states.split(
+            [text_seq_length, hidden_states.size(1) - text_seq_length], dim=1
+        )
+        return hidden_states, encoder_hidden_states
+
+
+def joint_text_mask(mask: torch.Tensor, text_len: int, ulysses: int, ring: int, dtype: torch.dtype) -> torch.Tensor:
+    """The key mask for a local sequence [video shard, all text tokens] seen by every rank.
+
+    ``mask`` is the model's own boolean mask over the local keys (shape ``[B, 1, 1, L]``, text last).
+    The result covers the keys one attention call sees after Ulysses' all-to-all: ``ulysses``
+    copies of the local layout, one per Ulysses rank (diffusers uses a mask of that length as is).
+    Only the first copy's text keys stay visible. Under ring attention the same mask is applied to
+    every rank's key chunk, so the text is visible in ``ring`` chunks: an additive ``-log(ring)``
+    on its logits makes the ``ring`` copies weigh exactly one. Video keys are never masked.
+    """
+    video, text = mask[..., :-text_len], mask[..., -text_len:]
+    hidden = torch.zeros_like(text)
+    full = torch.cat([video, text] + [video, hidden] * (ulysses - 1), dim=-1)
+    if ring == 1:
+        return full
+    bias = torch.zeros(full.shape, dtype=dtype, device=mask.device)
+    bias = bias.masked_fill(~full, torch.finfo(dtype).min)
+    bias[..., video.shape[-1]:mask.shape[-1]] += torch.where(text, -math.log(ring), 0.0).to(dtype)
+    return bias
+
+
+class JointTextMaskHook(ModelHook):
+    """On each HunyuanVideo block: replace the model's attention mask with ``joint_text_mask``.
+
+    All blocks of one forward get the same mask tensor; the rewritten mask is kept (in ``memo``,
+    shared by the blocks' hooks) for that tensor, so it is built once per forward.
+    """
+
+    def __init__(self, ulysses: int, ring: int, memo: dict[str, Any]) -> None:
+        super().__init__()
+        self.ulysses, self.ring, self.memo = ulysses, ring, memo
+
+    def pre_forward(self, module: torch.nn.Module, *args: Any, **kwargs: Any) -> tuple[tuple, dict]:
+        # HunyuanVideo blocks: (hidden_states, encoder_hidden_states, temb, attention_mask, ...)
+        args = list(args)
+        in_kwargs = "attention_mask" in kwargs
+        mask = kwargs["attention_mask"] if in_kwargs else (args[3] if len(args) > 3 else None)
+        text = kwargs.get("encoder_hidden_states", args[1] if len(args) > 1 else None)
+        hidden = kwargs.get("hidden_states", args[0] if args else None)
+        if mask is None or text is None or mask.dtype != torch.bool:
+            return tuple(args), kwargs
+        if self.memo.get("source") is not mask:
+            flat = mask.reshape(mask.shape[0], 1, 1, mask.shape[-1])
+            self.memo["source"] = mask
+            self.memo["mask"] = joint_text_mask(flat, text.shape[1], self.ulysses, self.ring, hidden.dtype)
+        if in_kwargs:
+            kwargs["attention_mask"] = self.memo["mask"]
+        else:
+            args[3] = self.memo["mask"]
+        return tuple(args), kwargs
+
+
+# --------------------------------------------------------------------------------------------
+# CFG parallelism
+# --------------------------------------------------------------------------------------------
+
+_COGVIDEOX_BATCHED = ("hidden_states", "encoder_hidden_states", "timestep", "timestep_cond", "ofs")
+
+
+def _sample(output: Any) -> torch.Tensor:
+    return output if torch.is_tensor(output) else output[0]
+
+
+def _like(output: Any, sample: torch.Tensor, return_dict: bool) -> Any:
+    from diffusers.models.modeling_outputs import Transformer2DModelOutput
+
+    if output is None:
+        return Transformer2DModelOutput(sample=sample) if return_dict else (sample,)
+    if torch.is_tensor(output):
+        return sample
+    if isinstance(output, tuple):
+        return (sample, *output[1:])
+    output.sample = sample
+    return output
+
+
+class _NoState(BaseState):
+    def reset(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+
+class CFGParallelHook(ModelHook):
+    """On the transformer, outermost: each CFG rank group computes one branch.
+
+    ``separate`` (Wan: a "cond" then an "uncond" forward per step): the cond group (index 0)
+    computes the cond forward, the uncond group the uncond forward. At the cond call the uncond
+    group returns an empty tensor; at the uncond call the two predictions are all-gathered, the
+    empty tensor is filled in place with the cond prediction and the uncond prediction returned.
+    This relies on the pipeline reading the cond prediction only after the uncond forward, which is
+    how ``WanPipeline`` combines them (``noise_uncond + scale * (noise_pred - noise_uncond)``).
+    ``batched`` (CogVideoX: one forward on [uncond, cond]): each group computes its share of the
+    batch and the shares are all-gathered.
+    A call without CFG (guidance <= 1) runs whole on every rank, as one process would.
+    """
+
+    _is_stateful = True
+
+    def __init__(self, transformer: torch.nn.Module, layout: str, group: Any, index: int,
+                 cfg_active: Callable[[], bool | None]) -> None:
+        super().__init__()
+        self.layout, self.group, self.index, self.cfg_active = layout, group, index, cfg_active
+        self.names = list(inspect.signature(type(unwrap_module(transformer)).forward).parameters)[1:]
+        self.out_channels = getattr(transformer.config, "out_channels", None)
+        self.contexts = StateManager(_NoState)  # diffusers sets the pipeline's cache_context on it
+        self.pending: torch.Tensor | None = None
+
+    def reset_state(self, module: torch.nn.Module) -> torch.nn.Module:
+        self.pending = None
+        return module
+
+    def _arg(self, name: str, args: tuple | list, kwargs: dict) -> Any:
+        if name in kwargs:
+            return kwargs[name]
+        i = self.names.index(name) if name in self.names else len(args)
+        return args[i] if i < len(args) else None
+
+    def new_forward(self, module: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
+        forward = self.fn_ref.original_forward
+        if self.cfg_active() is False:
+            return forward(*args, **kwargs)
+        if self.layout == "batched":
+            return self._batched(forward, args, kwargs)
+        ctx = self.contexts._context
+        name = ctx.name if ctx is not None else None
+        if name not in ("cond", "uncond"):
+            return forward(*args, **kwargs)
+        return_dict = self._arg("return_dict", args, kwargs)
+        return_dict = True if return_dict is None else bool(return_dict)
+        if name == "cond":
+            if self.index == 0:
+                output = forward(*args, **kwargs)
+                self.pending = _sample(output)
+                return output
+            hidden = self._arg("hidden_states", args, kwargs)
+            shape = list(hidden.shape)
+            if self.out_channels is not None:
+                shape[1] = self.out_channels
+            self.pending = torch.empty(shape, dtype=hidden.dtype, device=hidden.device)
+            return _like(None, self.pending, return_dict)
+        output = None
+        if self.index == 1:
+            output = forward(*args, **kwargs)
+            mine = _sample(output)
+        else:
+            mine = self.pending
+        if mine is None or self.pending is None:
+            raise RuntimeError("--cfg-parallel: an uncond forward came without its cond forward")
+        gathered = [torch.empty_like(mine) for _ in range(2)]
+        dist.all_gather(gathered, mine.contiguous(), group=self.group)
+        if self.index == 1:
+            self.pending.copy_(gathered[0])
+        self.pending = None
+        return _like(output, gathered[1], return_dict)
+
+    def _batched(self, forward: Callable, args: tuple, kwargs: dict) -> Any:
+        hidden = self._arg("hidden_states", args, kwargs)
+        size = dist.get_world_size(self.group)
+        if hidden is None or hidden.shape[0] % size:
+            return forward(*args, **kwargs)
+        args, kwargs = list(args), dict(kwargs)
+        for name in _COGVIDEOX_BATCHED:
+            value = self._arg(name, args, kwargs)
+            if not torch.is_tensor(value) or value.ndim == 0 or value.shape[0] != hidden.shape[0]:
+                continue
+            part = value.chunk(size, dim=0)[self.index]
+            if name in kwargs or self.names.index(name) >= len(args):
+                kwargs[name] = part
+            else:
+                args[self.names.index(name)] = part
+        output = forward(*args, **kwargs)
+        mine = _sample(output).contiguous()
+        gathered = [torch.empty_like(mine) for _ in range(size)]
+        dist.all_gather(gathered, mine, group=self.group)
+        return _like(output, torch.cat(gathered, dim=0), True)
+
+
+# --------------------------------------------------------------------------------------------
+# The running group
+# --------------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _accelerator_count_on_cpu() -> Iterator[None]:
+    """diffusers 0.42.1 resolves the parallel config with ``rank % torch.accelerator.device_count()``,
+    a division by zero on a CPU-only torch. Present one device for that call only."""
+    if torch.accelerator.device_count() > 0:
+        yield
+        return
+    original = torch.accelerator.device_count
+    torch.accelerator.device_count = lambda: 1
+    try:
+        yield
+    finally:
+        torch.accelerator.device_count = original
+
+
+class ParallelRun:
+    """One torchrun process's view of the launch: its groups, and what it shares with the others."""
+
+    def __init__(self, plan: ParallelPlan, device: str) -> None:
+        self.plan = plan
+        self.device = device
+        local = env_world()[2]
+        self.owns_group = False
+        if not dist.is_initialized():
+            if device == "cuda":
+                torch.cuda.set_device(local)
+                dist.init_process_group("nccl", device_id=torch.device("cuda", local))
+            else:
+                dist.init_process_group("gloo")
+            self.owns_group = True
+        warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.distributed")
+        warnings.filterwarnings("ignore", category=FutureWarning, module=r"diffusers\.hooks\.context_parallel")
+        self.rank = dist.get_rank()
+        if dist.get_world_size() != plan.world_size:
+            raise UsageError(f"the process group has {dist.get_world_size()} ranks, the plan {plan.world_size}")
+        cp = plan.cp
+        # Ranks are laid out cfg x ring x ulysses (Ulysses innermost, so torchrun's node-by-node
+        # numbering keeps each all-to-all on one node). cp_group: the ranks of one CFG branch
+        # (None = all); cfg_group: the ranks holding the same share of both branches.
+        self.cfg_index, self.cp_index = divmod(self.rank, cp)
+        self.cp_group = self.cfg_group = None
+        if plan.cfg > 1:
+            for c in range(plan.cfg):  # every rank creates every group, in the same order
+                group = dist.new_group([c * cp + i for i in range(cp)])
+                if c == self.cfg_index:
+                    self.cp_group = group
+            for i in range(cp):
+                group = dist.new_group([c * cp + i for c in range(plan.cfg)])
+                if i == self.cp_index:
+                    self.cfg_group = group
+        self.enabled = False
+        self.mesh = None
+        if cp > 1:
+            self.mesh = dist.device_mesh.init_device_mesh(
+                "cuda" if device == "cuda" else "cpu", (plan.cfg, plan.ring, plan.ulysses),
+                mesh_dim_names=("cfg", "ring", "ulysses"),
+            )
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    # -- enabling ---------------------------------------------------------------------------------
+    def enable(self, pipe: Any, transformers: list[torch.nn.Module]) -> None:
+        """Enable context (and CFG) parallelism on the loaded, already cached, transformers."""
+        from diffusers import ContextParallelConfig
+
+        from .caches import base as cache_base
+
+        plan = self.plan
+        if plan.cfg > 1:
+            self._check_branch_local_caches(transformers)
+        separate_cfg = plan.cfg > 1 and plan.cfg_layout == "separate"
+        cache_base.set_decision_group(self.cp_group if separate_cfg else None)
+
+        def cfg_active() -> bool | None:
+            value = getattr(pipe, "do_classifier_free_guidance", None)
+            return value if isinstance(value, bool) else None
+
+        for tr in transformers:
+            if plan.cp > 1:
+                self._enable_cp(tr, ContextParallelConfig(ring_degree=plan.ring, ulysses_degree=plan.ulysses,
+                                                          mesh=self.mesh))
+            if plan.cfg > 1:
+                hook = CFGParallelHook(tr, plan.cfg_layout, self.cfg_group, self.cfg_index, cfg_active)
+                HookRegistry.check_if_exists_or_initialize(tr).register_hook(hook, HOOK_PREFIX + "cfg")
+        self.enabled = True
+
+    def _enable_cp(self, tr: torch.nn.Module, config: Any) -> None:
+        plan = self.plan
+        cp_plan = None
+        if plan.family == "cogvideox":
+            for module in tr.modules():
+                if type(getattr(module, "processor", None)).__name__ == "CogVideoXAttnProcessor2_0":
+                    module.set_processor(CogVideoXAttnProcessorCP())
+            cp_plan = {}  # the split is CogVideoXSplitHooks', registered below
+        elif plan.family == "hunyuan":
+            cp_plan = hunyuan_video_cp_plan()
+        if plan.ring > 1:
+            tr.set_attention_backend(RING_BACKENDS[plan.attention])
+        with _accelerator_count_on_cpu():
+            tr.enable_parallelism(config=config, cp_plan=cp_plan)
+        if plan.family == "cogvideox":
+            group = config._flattened_mesh.get_group()  # set up by enable_parallelism
+            CogVideoXSplitHooks(tr, plan.cp, dist.get_rank(group), group).register(tr)
+        if plan.family == "hunyuan":
+            memo: dict[str, Any] = {}
+            for name in ("transformer_blocks", "single_transformer_blocks"):
+                for block in getattr(tr, name):
+                    HookRegistry.check_if_exists_or_initialize(block).register_hook(
+                        JointTextMaskHook(plan.ulysses, plan.ring, memo), HOOK_PREFIX + "joint_text_mask")
+            HookRegistry.check_if_exists_or_initialize(tr).invalidate_child_registries_cache()
+
+    @staticmethod
+    def _check_branch_local_caches(transformers: list[torch.nn.Module]) -> None:
+        """Under CFG parallelism the branches live on different ranks: a cache that shares state
+        between them (FasterCache's CFG-Cache) cannot work there."""
+        from .caches import base as cache_base
+
+        for tr in transformers:
+            hook = cache_base.forward_hook(tr)
+            if hook is None:
+                continue
+            cls = type(hook)
+            # A method says so with a ``branch_local`` class attribute; without one, keeping state
+            # outside the per-branch states (``reset_shared`` / ``shared_tensors``) counts as sharing.
+            local = getattr(cls, "branch_local", None)
+            if local is None:
+                local = (cls.shared_tensors is cache_base.TransformerHook.shared_tensors
+                         and cls.reset_shared is cache_base.TransformerHook.reset_shared)
+            if not local:
+                raise UsageError(f"--cfg-parallel: the {hook.method} cache shares state between the cond and "
+                                 "uncond branches, which run on different ranks; drop --cfg-parallel "
+                                 f"(use --ulysses {dist.get_world_size()}) or choose another cache")
+
+    # -- sharing ----------------------------------------------------------------------------------
+    def _tensor_device(self) -> torch.device:
+        return torch.device("cuda", torch.cuda.current_device()) if self.device == "cuda" else torch.device("cpu")
+
+    def agree_flags(self, flags: list[bool]) -> list[bool]:
+        """Rank 0's flags on every rank (resume decisions: one disk, one answer)."""
+        t = torch.tensor([int(f) for f in flags], dtype=torch.int64, device=self._tensor_device())
+        dist.broadcast(t, src=0)
+        return [bool(v) for v in t.tolist()]
+
+    def gather_json(self, obj: Any) -> list[Any]:
+        """Every rank's JSON-serialisable ``obj``, on every rank, in rank order (no pickle)."""
+        dev = self._tensor_device()
+        data = torch.tensor(list(json.dumps(obj).encode()), dtype=torch.uint8, device=dev)
+        size = torch.tensor([data.numel()], dtype=torch.int64, device=dev)
+        sizes = [torch.zeros_like(size) for _ in range(dist.get_world_size())]
+        dist.all_gather(sizes, size)
+        longest = max(int(s.item()) for s in sizes)
+        padded = torch.zeros(longest, dtype=torch.uint8, device=dev)
+        padded[: data.numel()] = data
+        parts = [torch.zeros_like(padded) for _ in sizes]
+        dist.all_gather(parts, padded)
+        return [json.loads(bytes(p[: int(s.item())].tolist()).decode()) for p, s in zip(parts, sizes)]
+
+    def merge_stats(self, stats: dict[str, Any]) -> dict[str, Any]:
+        """The cache statistics one process would report.
+
+        Ranks that share a branch record the same forwards; under CFG parallelism on Wan each
+        branch's records live on its own ranks, so the cond and uncond leaders' records are merged,
+        step by step (cond before uncond, as one process runs them), and the ratios recomputed.
+        """
+        if not (self.plan.cfg > 1 and self.plan.cfg_layout == "separate"):
+            return stats
+        everyone = self.gather_json(stats)
+        leaders = [everyone[c * self.plan.cp] for c in range(self.plan.cfg)]
+        return merge_branch_stats(leaders)
+
+    def report(self, peak_bytes: int) -> dict[str, Any]:
+        """The report's ``parallel`` entry; gathers every rank's peak memory (a collective)."""
+        peaks = [int(p) for p in self.gather_json(int(peak_bytes))]
+        return self.plan.report() | {"peak_bytes_per_rank": peaks}
+
+    def close(self) -> None:
+        from .caches import base as cache_base
+
+        cache_base.set_decision_group(None)
+        if self.owns_group and dist.is_initialized():
+            dist.destroy_process_group()
+            self.owns_group = False
+
+
+def merge_branch_stats(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """Merge per-branch cache statistics (Wan under CFG parallelism) into one process's view."""
+    first = parts[0]
+    if not any(p.get("per_step") for p in parts):
+        return first
+    per_step = sorted((e for p in parts for e in p.get("per_step", [])),
+                      key=lambda e: (e["step"], e.get("expert", 0)))  # stable: cond before uncond
+    blocks_run = sum(e["blocks"][0] for e in per_step)
+    blocks_total = sum(e["blocks"][1] for e in per_step)
+    attn = [v for e in per_step for v in e["attention"].values()]
+    reused = sum(1 for e in per_step
+                 if e["blocks"][0] < e["blocks"][1] or any(v[0] < v[1] for v in e["attention"].values()))
+    warnings_ = list(dict.fromkeys(w for p in parts for w in p.get("warnings", [])))
+    if reused:
+        warnings_ = [w for w in warnings_ if "never reused" not in w]
+    merged = dict(first)
+    merged.update({
+        "compute_ratio": blocks_run / blocks_total if blocks_total else 1.0,
+        "attention_compute_ratio": (sum(v[0] for v in attn) / sum(v[1] for v in attn)
+                                    if attn and sum(v[1] for v in attn) else 1.0),
+        "steps_reused": reused,
+        "forwards": len(per_step),
+        "per_step": per_step,
+        "memory_bytes": max(int(p.get("memory_bytes", 0)) for p in parts),
+        "warnings": warnings_,
+    })
+    return merged
+
