@@ -386,11 +386,11 @@ def test_presets_load_apply_and_run(pipes):
 
 # The steps each shipped PAB window covers at the preset's default step count, with the model's
 # real scheduler: the same share of steps as the official CogVideoX window (steps 8-44 of 50).
-PAB_STEPS = {"tiny": (3, 17, 20), "wan": (8, 44, 50), "wan-14b": (8, 44, 50),
+PAB_STEPS = {"tiny": (4, 22, 25), "wan": (8, 44, 50), "wan-14b": (8, 44, 50),
              "wan2.2-ti2v-5b": (8, 44, 50), "wan2.2-t2v-a14b": (6, 35, 40),
              "hunyuan": (8, 44, 50), "cogvideox": (8, 44, 50), "cogvideox-5b": (8, 44, 50)}
 # first step of FasterCache's attention reuse / CFG-Cache (official CogVideoX: 16 and 18 of 50)
-FC_STEPS = {"tiny": (6, 7), "wan2.2-t2v-a14b": (13, 14)}
+FC_STEPS = {"tiny": (8, 9), "wan2.2-t2v-a14b": (13, 14)}
 
 
 @pytest.mark.parametrize("preset", sorted(REFERENCE_SCHEDULERS))

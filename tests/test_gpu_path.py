@@ -257,7 +257,10 @@ def test_compiled_cached_run_equals_eager_and_never_recompiles(tiny_pipes, famil
     d = Driver(family, pipe, steps=8)
     caches.remove_cache(d.shim)
     if method != "none":
-        caches.apply_cache(d.shim, method, params=_params(method))
+        params = _params(method)
+        if method == "teacache":  # the tiny preset is tuned for the trained model's 25 steps
+            params["thresh"] = 0.8
+        caches.apply_cache(d.shim, method, params=params)
     try:
         eager = _outputs(d)
         eager_steps = caches.cache_stats(d.shim)["per_step"]
