@@ -67,7 +67,9 @@ DEFAULTS: dict[str, object] = {
 # Little nuisance variation on purpose: the model has minutes of CPU to learn this world, and what
 # matters to the probe (and to a viewer) is the colour, the shape and the way it moves.
 RADIUS_PX = (12.0, 15.0)
-SPEED_PX = (1.5, 1.7)  # per frame: about 38 px over the 25 default frames
+# per frame: about 62 px (half the frame) over the 25 default frames, i.e. ~1.3 latent pixels per
+# latent frame -- slower motion is a sub-latent-pixel shift that a small model learns too slowly
+SPEED_PX = (2.5, 2.7)
 BACKGROUND = (0.03, 0.08)  # grey level of the plain background
 COLOUR_JITTER = 0.02
 
