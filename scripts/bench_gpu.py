@@ -68,7 +68,9 @@ COMPUTE_ALL: dict[str, dict[str, Any]] = {
     "pab": {"spatial_range": 1, "temporal_range": 1, "cross_range": 1, "spatial_window": [-1, 1001],
             "temporal_window": [-1, 1001], "cross_window": [-1, 1001]},
     "fastercache": {"attention_range": 1, "attention_window": [-1, 1001], "cfg_range": 1, "cfg_window": [-1, 1001]},
-    "teacache": {"thresh": 1e-9},  # decides (reads its distance) on every forward, never below 1e-9
+    # identity rescale: the accumulator is the raw distance (> 0), so TeaCache decides and never skips; the
+    # official CogVideoX-5B polynomial is negative for small distances and would skip at any threshold
+    "teacache": {"thresh": 1e-9, "coefficients": [0.0, 0.0, 0.0, 1.0, 0.0]},
     "adacache": {"codebook": [[1.0e9, 1]]},  # every step computed, the metric measured each time
     "mixcache": {"trigger": 0.0},  # never triggered: every step full, measurements still read
 }
@@ -649,7 +651,7 @@ def main(argv: list[str] | None = None) -> int:
             continue
         try:
             bench_case(case, b, methods)
-        except torch.OutOfMemoryError as err:
+        except Exception as err:  # noqa: BLE001 - out of memory or a bug: one model's row, the others still run
             emit({"kind": "error", "model": case.name, "error": short_error(err)})
         gc.collect()
         if device == "cuda":

@@ -211,7 +211,8 @@ def decode_unclamped(vae, z: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def train_vae(vae, cfg: dict, gen: torch.Generator, log: Log, minutes: float | None) -> None:
+def train_vae(vae, cfg: dict, gen: torch.Generator, log: Log, minutes: float | None,
+              device: torch.device) -> None:
     """Reconstruction training through the pipeline's own causal chunked encode/decode path.
 
     ``minutes`` (if given) replaces the step count of the first, cheap phase.
@@ -237,7 +238,7 @@ def train_vae(vae, cfg: dict, gen: torch.Generator, log: Log, minutes: float | N
             if crop < size:
                 oy, ox = torch.randint(0, size - crop + 1, (2,), generator=gen).tolist()
                 x = x[..., oy : oy + crop, ox : ox + crop]
-            x = x * 2 - 1
+            x = x.to(device) * 2 - 1
             post = vae.encode(x).latent_dist
             y = decode_unclamped(vae, post.sample(generator=gen))
             kl = 0.5 * (post.mean.pow(2) + post.var - 1.0 - post.logvar).mean()
@@ -262,16 +263,16 @@ def train_vae(vae, cfg: dict, gen: torch.Generator, log: Log, minutes: float | N
 
 
 @torch.no_grad()
-def encode_dataset(vae, cfg: dict, gen: torch.Generator, log: Log):
+def encode_dataset(vae, cfg: dict, gen: torch.Generator, log: Log, device: torch.device):
     """Render ``n_clips`` training clips and encode them; returns (mode latents, prompts)."""
-    n, bs = cfg["n_clips"], 16
+    n, bs = cfg["n_clips"], 16 if device.type == "cpu" else 64
     lat, prompts = [], []
     for i in range(0, n, bs):
         b = R.make_batch(min(bs, n - i), frames=cfg["frames"], height=cfg["height"],
                          width=cfg["width"], generator=gen)
-        lat.append(vae.encode(b.video * 2 - 1).latent_dist.mode())
+        lat.append(vae.encode(b.video.to(device) * 2 - 1).latent_dist.mode())
         prompts += b.prompts
-        if (i // bs) % 40 == 0:
+        if (i // bs) % 40 == 0 or i + bs >= n:
             log(f"encoded {i + len(b.prompts)}/{n} clips")
     return torch.cat(lat), prompts
 
@@ -302,6 +303,12 @@ def sample_sigma(n: int, shift: float, gen: torch.Generator) -> torch.Tensor:
     return shift * u / (1 + (shift - 1) * u)
 
 
+def noise_like(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Gaussian noise drawn from the seeded CPU generator, placed where ``x`` lives: the same draws
+    on any device."""
+    return torch.randn(x.shape, generator=gen).to(x.device, x.dtype)
+
+
 def steps_for(minutes: float, started: float, done: int) -> int:
     """Fix a step count from the pace so far, so that a time budget still gives a seeded run."""
     pace = (time.time() - started) / max(done, 1)
@@ -316,9 +323,10 @@ def train_dit(tr, te, tok, latents, prompts, cfg, gen, log, minutes: float | Non
     With ``minutes``, the step count is fixed after 10 steps from the pace (and logged), so
     ``--steps N`` reproduces the run.
     """
+    device = latents.device
     vocab = sorted(set(prompts)) + [""]
     index = {p: i for i, p in enumerate(vocab)}
-    ids, mask = tokenize(tok, vocab, cfg["text_len"])
+    ids, mask = (x.to(device) for x in tokenize(tok, vocab, cfg["text_len"]))
     pidx = torch.tensor([index[p] for p in prompts])
     empty = index[""]
     params = list(tr.parameters()) + list(te.parameters())
@@ -338,15 +346,15 @@ def train_dit(tr, te, tok, latents, prompts, cfg, gen, log, minutes: float | Non
         for g in opt.param_groups:
             g["lr"] = lr_at(step, steps, cfg["dit_lr"], cfg["warmup"])
         sel = torch.randint(n, (bs,), generator=gen)
-        x0 = latents[sel]
+        x0 = latents[sel.to(device)]
         if float(torch.rand(1, generator=gen)) < cfg["short_frac"]:
             x0 = x0[:, :, :short]
         p = pidx[sel].clone()
         p[torch.rand(bs, generator=gen) < TEXT_DROPOUT] = empty
         uniq, inv = torch.unique(p, return_inverse=True)
-        text = embed(te, ids[uniq], mask[uniq])[inv]
-        eps = torch.randn(x0.shape, generator=gen)
-        sigma = sample_sigma(bs, cfg["flow_shift"], gen)
+        text = embed(te, ids[uniq.to(device)], mask[uniq.to(device)])[inv.to(device)]
+        eps = noise_like(x0, gen)
+        sigma = sample_sigma(bs, cfg["flow_shift"], gen).to(device)
         s = sigma.view(bs, 1, 1, 1, 1)
         xt = (1 - s) * x0 + s * eps
         pred = tr(xt, sigma * 1000, text, return_dict=False)[0]
@@ -358,12 +366,12 @@ def train_dit(tr, te, tok, latents, prompts, cfg, gen, log, minutes: float | Non
         decay = min(cfg["ema"], (1 + step) / (10 + step))
         with torch.no_grad():
             for src, dst in ((tr, ema_tr), (te, ema_te)):
-                for a, b in zip(dst.parameters(), src.parameters()):
-                    a.lerp_(b, 1 - decay)
-        run = loss.item() if step == 0 else 0.98 * run + 0.02 * loss.item()
-        if step % 25 == 0 or step == steps - 1:
+                torch._foreach_lerp_(list(dst.parameters()), list(src.parameters()), 1 - decay)
+        if step % 25 == 0 or step == steps - 1:  # the one host read (a device sync) every 25 steps
+            value = loss.item()
+            run = value if step == 0 else 0.6 * run + 0.4 * value
             lr = opt.param_groups[0]["lr"]
-            log(f"dit step {step} loss {loss.item():.4f} (avg {run:.4f}) lr {lr:.2e} "
+            log(f"dit step {step} loss {value:.4f} (avg {run:.4f}) lr {lr:.2e} "
                 f"frames {x0.shape[2]}")
         step += 1
     return ema_tr, ema_te
@@ -466,11 +474,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--log", type=Path, help="log file (default: <out>.train.log)")
     ap.add_argument("--load-vae", type=Path,
                     help="reuse the VAE of a saved pipeline (skip its training)")
+    ap.add_argument("--init-from", type=Path,
+                    help="continue from a saved pipeline: its VAE (and latent statistics), text "
+                    "encoder and transformer; a second stage on top of an earlier run")
+    ap.add_argument("--lr", type=float, help="override the transformer learning rate")
+    ap.add_argument("--device", default="cpu", help="train on this torch device (cpu, cuda)")
+    ap.add_argument("--batch", type=int, help="override the transformer batch size")
+    ap.add_argument("--short-frac", type=float,
+                    help="override the share of transformer steps on 13-frame clips")
     args = ap.parse_args(argv)
 
     torch.set_num_threads(args.threads)
     cfg = dict(CONFIGS["tiny-test" if args.tiny_test else "full"])
-    overrides = {"dit_steps": args.steps, "n_clips": args.clips}
+    overrides = {"dit_steps": args.steps, "n_clips": args.clips, "dit_batch": args.batch,
+                 "short_frac": args.short_frac, "dit_lr": args.lr}
     for key, val in overrides.items():
         if val is not None:
             cfg[key] = val
@@ -484,29 +501,45 @@ def main(argv: list[str] | None = None) -> int:
     parts = (("text", te), ("vae", vae), ("dit", tr))
     sizes = {k: sum(p.numel() for p in m.parameters()) for k, m in parts}
     log(f"parameters: {sizes}")
+    device = torch.device(args.device)
     t_start = time.time()
 
+    if args.init_from:
+        from diffusers import WanTransformer3DModel
+        from transformers import UMT5EncoderModel
+
+        args.load_vae = args.load_vae or args.init_from
+        te = UMT5EncoderModel.from_pretrained(str(args.init_from), subfolder="text_encoder")
+        tr = WanTransformer3DModel.from_pretrained(str(args.init_from), subfolder="transformer")
+        log(f"continuing from the text encoder and transformer of {args.init_from}")
     if args.load_vae:
         from diffusers import AutoencoderKLWan
 
         vae = AutoencoderKLWan.from_pretrained(str(args.load_vae), subfolder="vae").eval()
         log(f"loaded VAE from {args.load_vae}")
+        vae.to(device)
     else:
-        train_vae(vae, cfg, gen, log, args.vae_minutes)
+        train_vae(vae.to(device), cfg, gen, log, args.vae_minutes, device)
     t_vae = time.time()
 
-    latents, prompts = encode_dataset(vae, cfg, gen, log)
+    latents, prompts = encode_dataset(vae, cfg, gen, log, device)
     z = cfg["vae"]["z_dim"]
-    mean = latents.mean(dim=(0, 2, 3, 4))
-    std = latents.std(dim=(0, 2, 3, 4)).clamp_min(1e-3)
-    vae.register_to_config(latents_mean=mean.tolist(), latents_std=std.tolist())
+    if args.init_from:  # the transformer learned on latents normalised by these: keep them
+        mean = torch.tensor(vae.config.latents_mean, device=latents.device)
+        std = torch.tensor(vae.config.latents_std, device=latents.device)
+    else:
+        mean = latents.mean(dim=(0, 2, 3, 4))
+        std = latents.std(dim=(0, 2, 3, 4)).clamp_min(1e-3)
+        vae.register_to_config(latents_mean=mean.tolist(), latents_std=std.tolist())
     latents = (latents - mean.view(1, z, 1, 1, 1)) / std.view(1, z, 1, 1, 1)
     log(f"latents {tuple(latents.shape)} mean {[round(v, 3) for v in mean.tolist()]} "
         f"std {[round(v, 3) for v in std.tolist()]}")
     t_enc = time.time()
 
-    ema_tr, ema_te = train_dit(tr, te, tok, latents, prompts, cfg, gen, log, args.minutes)
+    ema_tr, ema_te = train_dit(tr.to(device), te.to(device), tok, latents, prompts, cfg, gen, log,
+                               args.minutes)
     t_dit = time.time()
+    ema_tr, ema_te, vae = ema_tr.cpu(), ema_te.cpu(), vae.cpu()  # saved and measured on the CPU
 
     pipe = assemble(tok, ema_te, vae, ema_tr, cfg)
     if args.out.exists():

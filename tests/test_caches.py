@@ -575,6 +575,34 @@ def test_teacache_schedule_is_precomputable(pipes, family):
         assert not all(schedule) and sum(schedule) > 2
 
 
+@pytest.mark.parametrize("family", ["wan", "cogvideox"])
+def test_teacache_planned_distances_equal_per_forward_ones(pipes, family, monkeypatch):
+    """The one-read plan (every distance from the scheduler's timesteps) decides exactly as reading
+    the live indicator in every forward does: same steps skipped, same distances, same video."""
+    from vidcache.caches.teacache import TeaCacheBlockHook
+
+    pipe = pipes(family)
+    apply_cache(pipe, "teacache", params=params_for("teacache", family))
+    try:
+        runs = []
+        for plan in (True, False):
+            if not plan:
+                monkeypatch.setattr(TeaCacheBlockHook, "_plan", lambda self, *a: {})
+            video = run_pipe(pipe, family, steps=STEPS)
+            entries = cache_stats(pipe)["per_step"]
+            runs.append((video, entries))
+    finally:
+        remove_cache(pipe)
+    (planned, p_entries), (live, l_entries) = runs
+    assert [e["blocks"] for e in p_entries] == [e["blocks"] for e in l_entries]
+    assert any(e["blocks"][0] == 0 for e in p_entries)
+    for a, b in zip(p_entries, l_entries):
+        assert (a["rel_l1"] is None) == (b["rel_l1"] is None)
+        if a["rel_l1"] is not None:
+            assert a["rel_l1"] == pytest.approx(b["rel_l1"], rel=1e-4, abs=1e-7)
+    np.testing.assert_allclose(np.asarray(planned), np.asarray(live), atol=1e-5)
+
+
 def test_teacache_retention_mode_forces_first_five(pipes):
     pipe = pipes("wan")
     apply_cache(pipe, "teacache", retention=True, coefficients=[0, 0, 0, 1.0, 0], thresh=1e9)

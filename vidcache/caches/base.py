@@ -33,8 +33,8 @@ pipeline's ``transformer.cache_context(name)``) and build the rest on it:
   ``agreed_values``, which all-reduces them over the process group first when
   ``torch.distributed`` runs with more than one rank, so all ranks take the same branch.
   Schedule-only decisions (a timestep window, a counter) need no reduction and read nothing from
-  the device: PAB and FasterCache make no host-device sync; TeaCache makes exactly one per
-  non-forced forward (the relative L1 of its indicator).
+  the device: PAB and FasterCache make no host-device sync; TeaCache reads its distances once
+  per branch and video on Wan and CogVideoX, one per non-forced forward on HunyuanVideo.
 
 Statistics. Each forward produces one record per transformer, kept in order, with the step, the
 branch, the timestep and what ran. The unit of ``compute_ratio`` is *one block computed for one CFG

@@ -31,10 +31,14 @@ later block's hook returns its inputs unchanged; when computing, the last block'
 ``return_encoder_hidden_states_index``), not hard-coded tuple layouts. The indicator of Wan and
 CogVideoX is read by a hook on the time embedder, so nothing is recomputed.
 
-The one device read per non-forced forward is the relative L1 (``base.relative_l1``, rank-agreed).
-Wan's and CogVideoX's indicator depends on the timestep only: their skip schedule is
-prompt-independent and identical on every rank; ``precompute_schedule`` computes it before a run.
-HunyuanVideo's indicator depends on the content.
+Device reads. Wan's and CogVideoX's indicator depends on the timestep only, so on the first
+decision of a branch in a video the head hook embeds every remaining timestep of the pipeline's
+schedule in one batch and reads all consecutive relative L1 distances at once (one rank-agreed
+read per branch and video); every later forward decides from that host list and reads nothing.
+The schedule is therefore prompt-independent and identical on every rank; ``precompute_schedule``
+gives it before a run. Where no schedule is known (a bare transformer) or the timestep is per token
+(Wan 2.2 TI2V), and always on HunyuanVideo, whose indicator depends on the content, the decision
+reads one relative L1 per non-forced forward (``base.relative_l1``).
 
 Ours (the official code is silent or differs): ``thresh <= 0`` never skips (some coefficient sets
 give a negative ``poly(d)`` for small ``d``, which would otherwise let ``acc < 0`` skip a step);
@@ -44,6 +48,7 @@ nearest set with a warning, and ``vidcache calibrate`` fits proper ones.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -227,6 +232,8 @@ class TeaCacheState(base.BranchState):
         self.residual: tuple[torch.Tensor, torch.Tensor | None] | None = None
         self.stack_in: tuple[torch.Tensor, torch.Tensor | None] | None = None
         self.skipping = False
+        self.planned: dict[int, float] | None = None  # step -> distance, read once a video
+        self.seen = False  # a forward of this branch already ran in this video
 
     def tensors(self):
         return base.iter_tensors((self.prev_indicator, self.residual, self.stack_in))
@@ -265,6 +272,9 @@ class TeaCacheBlockHook(base.BranchHook):
         self.text_residual = text_residual
         self.indicator_from_norm1 = indicator_from_norm1
         self.meta = None
+        self.family = ""
+        self.schedule: Callable[[], Any] = lambda: None  # the pipeline's timesteps (set by apply)
+        self.transformer: Callable[[], torch.nn.Module | None] = lambda: None
 
     def initialize_hook(self, module: torch.nn.Module) -> torch.nn.Module:
         self.meta = base.block_metadata(module)
@@ -291,6 +301,7 @@ class TeaCacheBlockHook(base.BranchHook):
         return tuple(out)
 
     def _decide(self, module: torch.nn.Module, state: TeaCacheState, args, kwargs, hidden) -> bool:
+        info = state.info
         if self.indicator_from_norm1:  # HunyuanVideo: modulated input of block 0
             temb = self.meta._get_parameter_from_args_kwargs("temb", args, kwargs)
             indicator = module.norm1(hidden, emb=temb)[0]
@@ -298,20 +309,49 @@ class TeaCacheBlockHook(base.BranchHook):
             indicator = state.indicator
         if indicator is None:
             raise RuntimeError("teacache: the time embedder's indicator was not seen this forward")
-        prev = state.prev_indicator
-        info = state.info
+        if state.planned is None and not self.indicator_from_norm1:
+            state.planned = self._plan(module, info.step, indicator)
+        planned = state.planned
+        if planned and info.step in planned:
+            have_residual = state.residual is not None and state.seen
+            distance = planned.__getitem__
+            d_arg = info.step
+        else:
+            prev = state.prev_indicator
+            have_residual = state.residual is not None and prev is not None
+            distance = base.relative_l1
+            d_arg = (indicator, prev)
         compute, state.acc, d = decide(
             self.config,
             state.acc,
             info.step,
             info.num_steps,
-            state.residual is not None and prev is not None,
-            lambda: base.relative_l1(indicator, prev),
+            have_residual,
+            lambda: distance(*d_arg) if isinstance(d_arg, tuple) else distance(d_arg),
         )
-        state.prev_indicator = indicator.float()
+        state.seen = True
+        state.prev_indicator = None if planned else indicator.float()
         state.indicator = None
         state.record.detail = {"rel_l1": d, "acc": state.acc}
         return compute
+
+    def _plan(self, module: torch.nn.Module, step: int, indicator: torch.Tensor) -> dict[int, float]:
+        """Every distance from ``step`` on, in one read; {} when they cannot be planned."""
+        timesteps = self.schedule()
+        if not torch.is_tensor(timesteps) or indicator.dim() != 2 or step + 1 >= len(timesteps):
+            return {}
+        transformer = self.transformer()
+        if transformer is None:
+            return {}
+        ind = _timestep_indicators(transformer, self.family, timesteps[step:], self.config)
+        num = (ind[1:] - ind[:-1]).abs().sum(dim=1)
+        den = ind[:-1].abs().sum(dim=1)
+        values = base.agreed_values(torch.cat([num, den]))
+        n = len(values) // 2
+        return {
+            step + 1 + i: (values[i] / values[n + i] if values[n + i] > 0 else float("inf"))
+            for i in range(n)
+        }
 
     def new_forward(self, module: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
         state = self.states.get_state()
@@ -371,6 +411,7 @@ def apply_teacache(
         hook = IndicatorHook(states, name, ret_index if config.retention else index)
         base.register(transformer.get_submodule(name), hook, "teacache.indicator")
     blocks = layout.blocks(transformer)
+    hooks = []
     for i, (key, block) in enumerate(blocks):
         hook = TeaCacheBlockHook(
             states,
@@ -382,10 +423,15 @@ def apply_teacache(
             indicator_from_norm1=source is None,
         )
         base.register(block, hook, "teacache")
+        hooks.append(hook)
     top = TeaCacheForwardHook(
         "teacache", states, layout, transformer, base.config_params(config), pipeline,
         warnings=warnings,
     )
+    head = hooks[0]
+    head.family = layout.family
+    head.schedule = lambda: top._schedule_key
+    head.transformer = weakref.ref(transformer)
     base.attach(transformer, top)
 
 
@@ -402,26 +448,25 @@ def precompute_schedule(
     if layout.family == "hunyuan":
         raise base.CacheError("teacache: HunyuanVideo's indicator depends on the content")
     config, _ = resolve(config, transformer, layout.family)
-    indicators = [
-        _timestep_indicator(transformer, layout.family, float(t), config) for t in timesteps
-    ]
+    ts = torch.as_tensor(timesteps, dtype=torch.float32)
+    ind = _timestep_indicators(transformer, layout.family, ts, config)
+    dist = ((ind[1:] - ind[:-1]).abs().sum(dim=1) / ind[:-1].abs().sum(dim=1)).tolist()
     schedule, acc = [], 0.0
-    for step, ind in enumerate(indicators):
-
-        def distance(cur: torch.Tensor = ind, prev: torch.Tensor = indicators[step - 1]) -> float:
-            return ((cur - prev).abs().sum() / prev.abs().sum()).item()
-
-        compute, acc, _ = decide(config, acc, step, len(timesteps), step > 0, distance)
+    for step in range(len(ts)):
+        compute, acc, _ = decide(
+            config, acc, step, len(ts), step > 0, lambda s=step: dist[s - 1]
+        )
         schedule.append(compute)
     return schedule
 
 
-def _timestep_indicator(
-    transformer: torch.nn.Module, family: str, t: float, config: TeaCacheConfig
+def _timestep_indicators(
+    transformer: torch.nn.Module, family: str, ts: torch.Tensor, config: TeaCacheConfig
 ) -> torch.Tensor:
-    """The indicator as the model computes it in its forward (same casts), for one timestep."""
+    """The indicator as the model computes it in its forward (same casts), one row per timestep."""
     dtype = transformer.dtype
-    ts = torch.tensor([t], device=transformer.device)
+    embedder = transformer.condition_embedder if family == "wan" else transformer.time_embedding
+    ts = ts.to(next(iter(embedder.parameters())).device, torch.float32)  # offloaded: where it is
     if family == "wan":
         ce = transformer.condition_embedder
         proj = ce.timesteps_proj(ts)
