@@ -132,7 +132,7 @@ CASES = [
          overhead_steps=1, forward_reps=2, timeline_methods=("pab", "fastercache", "teacache", "diffusers-pab")),
 ]
 
-_QUICK = {"forward_reps": 1, "overhead_rounds": 1, "overhead_steps": 1}
+_QUICK = {"forward_reps": 1, "overhead_rounds": 1, "overhead_steps": 2}  # 2: a decision is made
 SMALL_CASES = [
     Case("wan-small", "wan", "WanTransformer3DModel", _WAN_TINY, "wan", (9, 64, 64), (9, 64, 64), 16, attention=True,
          **_QUICK),
