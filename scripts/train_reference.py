@@ -383,9 +383,12 @@ def train_dit(tr, te, tok, latents, prompts, cfg, gen, log, minutes: float | Non
 
 def assemble(tok, te, vae, tr, cfg: dict):
     from diffusers import FlowMatchEulerDiscreteScheduler, WanPipeline
+    from diffusers.configuration_utils import FrozenDict
 
     for m in (te, vae, tr):
         m.eval()
+    for m in (vae, tr):  # loaded with --init-from / --load-vae: no local path in the shipped config
+        m._internal_dict = FrozenDict({k: v for k, v in m.config.items() if k != "_name_or_path"})
     return WanPipeline(
         tokenizer=tok,
         text_encoder=te,
