@@ -56,6 +56,7 @@ from diffusers.hooks import HookRegistry, ModelHook
 from diffusers.hooks.hooks import BaseState, StateManager
 from diffusers.utils.torch_utils import unwrap_module
 
+from .caches.base import sample_of, with_sample
 from .errors import UsageError
 
 HOOK_PREFIX = "vidcache_parallel."
@@ -556,23 +557,6 @@ class JointTextMaskHook(ModelHook):
 _COGVIDEOX_BATCHED = ("hidden_states", "encoder_hidden_states", "timestep", "timestep_cond", "ofs")
 
 
-def _sample(output: Any) -> torch.Tensor:
-    return output if torch.is_tensor(output) else output[0]
-
-
-def _like(output: Any, sample: torch.Tensor, return_dict: bool) -> Any:
-    from diffusers.models.modeling_outputs import Transformer2DModelOutput
-
-    if output is None:
-        return Transformer2DModelOutput(sample=sample) if return_dict else (sample,)
-    if torch.is_tensor(output):
-        return sample
-    if isinstance(output, tuple):
-        return (sample, *output[1:])
-    output.sample = sample
-    return output
-
-
 class _NoState(BaseState):
     def reset(self, *args: Any, **kwargs: Any) -> None:
         pass
@@ -628,18 +612,18 @@ class CFGParallelHook(ModelHook):
         if name == "cond":
             if self.index == 0:
                 output = forward(*args, **kwargs)
-                self.pending = _sample(output)
+                self.pending = sample_of(output)
                 return output
             hidden = self._arg("hidden_states", args, kwargs)
             shape = list(hidden.shape)
             if self.out_channels is not None:
                 shape[1] = self.out_channels
             self.pending = torch.empty(shape, dtype=hidden.dtype, device=hidden.device)
-            return _like(None, self.pending, return_dict)
+            return with_sample(None, self.pending, return_dict)
         output = None
         if self.index == 1:
             output = forward(*args, **kwargs)
-            mine = _sample(output)
+            mine = sample_of(output)
         else:
             mine = self.pending
         if mine is None or self.pending is None:
@@ -649,7 +633,7 @@ class CFGParallelHook(ModelHook):
         if self.index == 1:
             self.pending.copy_(gathered[0])
         self.pending = None
-        return _like(output, gathered[1], return_dict)
+        return with_sample(output, gathered[1], return_dict)
 
     def _batched(self, forward: Callable, args: tuple, kwargs: dict) -> Any:
         hidden = self._arg("hidden_states", args, kwargs)
@@ -667,10 +651,10 @@ class CFGParallelHook(ModelHook):
             else:
                 args[self.names.index(name)] = part
         output = forward(*args, **kwargs)
-        mine = _sample(output).contiguous()
+        mine = sample_of(output).contiguous()
         gathered = [torch.empty_like(mine) for _ in range(size)]
         dist.all_gather(gathered, mine, group=self.group)
-        return _like(output, torch.cat(gathered, dim=0), True)
+        return with_sample(output, torch.cat(gathered, dim=0), True)
 
 
 # --------------------------------------------------------------------------------------------

@@ -244,10 +244,10 @@ class AdaCacheBlockHook(TeaCacheBlockHook):
         if not self.metric:
             return super().new_forward(module, *args, **kwargs)
         state = self.states.get_state()
-        hidden_in = self._inputs(args, kwargs)[0]
+        hidden_in = base.block_inputs(self.meta, args, kwargs)[0]
         out = super().new_forward(module, *args, **kwargs)
         if not state.skipping:
-            hidden_out = out if torch.is_tensor(out) else out[self.meta.return_hidden_states_index]
+            hidden_out = base.block_outputs(self.meta, out)[0]
             self._measure(state, hidden_out - hidden_in)
         return out
 

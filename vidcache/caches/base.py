@@ -149,6 +149,32 @@ def block_metadata(block: torch.nn.Module):
     return TransformerBlockRegistry.get(type(unwrap_module(block)))
 
 
+def block_inputs(meta: Any, args: tuple, kwargs: dict) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """A block's video-stream input and, for dual-stream blocks, its text-stream input."""
+    hidden = meta._get_parameter_from_args_kwargs(meta.hidden_states_argument_name, args, kwargs)
+    if meta.return_encoder_hidden_states_index is None:
+        return hidden, None
+    return hidden, meta._get_parameter_from_args_kwargs(meta.encoder_hidden_states_argument_name, args, kwargs)
+
+
+def block_outputs(meta: Any, out: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """A block's video-stream output and, for dual-stream blocks, its text-stream output."""
+    if torch.is_tensor(out):
+        return out, None
+    enc_i = meta.return_encoder_hidden_states_index
+    return out[meta.return_hidden_states_index], (None if enc_i is None else out[enc_i])
+
+
+def pack_block_output(meta: Any, hidden: torch.Tensor, enc: torch.Tensor | None) -> Any:
+    """What the block itself would return for these streams (a tensor, or a tuple in its order)."""
+    if meta.return_encoder_hidden_states_index is None:
+        return hidden
+    out = [None, None]
+    out[meta.return_hidden_states_index] = hidden
+    out[meta.return_encoder_hidden_states_index] = enc
+    return tuple(out)
+
+
 # --------------------------------------------------------------------------------------------
 # Configs
 # --------------------------------------------------------------------------------------------

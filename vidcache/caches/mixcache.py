@@ -340,48 +340,25 @@ class MixBlockHook(base.BranchHook):
         self.meta = base.block_metadata(module)
         return module
 
-    def _inputs(self, args: tuple, kwargs: dict) -> tuple[torch.Tensor, torch.Tensor | None]:
-        meta = self.meta
-        hidden = meta._get_parameter_from_args_kwargs(meta.hidden_states_argument_name, args, kwargs)
-        enc = None
-        if meta.return_encoder_hidden_states_index is not None:
-            enc = meta._get_parameter_from_args_kwargs(meta.encoder_hidden_states_argument_name, args, kwargs)
-        return hidden, enc
-
-    def _outputs(self, out: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
-        meta = self.meta
-        if torch.is_tensor(out):
-            return out, None
-        enc_i = meta.return_encoder_hidden_states_index
-        return out[meta.return_hidden_states_index], (None if enc_i is None else out[enc_i])
-
-    def _pack(self, hidden: torch.Tensor, enc: torch.Tensor | None) -> Any:
-        meta = self.meta
-        if meta.return_encoder_hidden_states_index is None:
-            return hidden
-        out = [None, None]
-        out[meta.return_hidden_states_index] = hidden
-        out[meta.return_encoder_hidden_states_index] = enc
-        return tuple(out)
-
     def new_forward(self, module: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
         state: MixState = self.states.get_state()
         mode = state.mode
-        hidden, enc = self._inputs(args, kwargs)
+        hidden, enc = base.block_inputs(self.meta, args, kwargs)
         if mode == "step":
             if not self.head:
-                return self._pack(hidden, enc)
+                return base.pack_block_output(self.meta, hidden, enc)
             res_h, res_e = state.stack
-            return self._pack(hidden + res_h, enc if res_e is None else enc + res_e)
+            return base.pack_block_output(self.meta, hidden + res_h, enc if res_e is None else enc + res_e)
         if mode == "block" and self.index in state.skip:
             res_h, res_e = state.blocks[self.index]
-            return self._pack(hidden + res_h, enc if res_e is None or enc is None else enc + res_e)
+            enc_out = enc if res_e is None or enc is None else enc + res_e
+            return base.pack_block_output(self.meta, hidden + res_h, enc_out)
         if self.head and mode == "full":
             state.stack_in = (hidden, enc)
         out = self.fn_ref.original_forward(*args, **kwargs)
         if mode != "full":
             return out
-        out_h, out_e = self._outputs(out)
+        out_h, out_e = base.block_outputs(self.meta, out)
         if self.candidate:
             new = (out_h - hidden, None if out_e is None or enc is None else out_e - enc)
             old = state.blocks.get(self.index)

@@ -280,26 +280,6 @@ class TeaCacheBlockHook(base.BranchHook):
         self.meta = base.block_metadata(module)
         return module
 
-    def _inputs(self, args: tuple, kwargs: dict) -> tuple[torch.Tensor, torch.Tensor | None]:
-        meta = self.meta
-        name = meta.hidden_states_argument_name
-        hidden = meta._get_parameter_from_args_kwargs(name, args, kwargs)
-        enc = None
-        if meta.return_encoder_hidden_states_index is not None:
-            enc = meta._get_parameter_from_args_kwargs(
-                meta.encoder_hidden_states_argument_name, args, kwargs
-            )
-        return hidden, enc
-
-    def _pack(self, hidden: torch.Tensor, enc: torch.Tensor | None) -> Any:
-        meta = self.meta
-        if meta.return_encoder_hidden_states_index is None:
-            return hidden
-        out = [None, None]
-        out[meta.return_hidden_states_index] = hidden
-        out[meta.return_encoder_hidden_states_index] = enc
-        return tuple(out)
-
     def _decide(self, module: torch.nn.Module, state: TeaCacheState, args, kwargs, hidden) -> bool:
         info = state.info
         if self.indicator_from_norm1:  # HunyuanVideo: modulated input of block 0
@@ -314,20 +294,13 @@ class TeaCacheBlockHook(base.BranchHook):
         planned = state.planned
         if planned and info.step in planned:
             have_residual = state.residual is not None and state.seen
-            distance = planned.__getitem__
-            d_arg = info.step
+            distance = lambda: planned[info.step]  # noqa: E731 - read only when decide needs it
         else:
             prev = state.prev_indicator
             have_residual = state.residual is not None and prev is not None
-            distance = base.relative_l1
-            d_arg = (indicator, prev)
+            distance = lambda: base.relative_l1(indicator, prev)  # noqa: E731
         compute, state.acc, d = decide(
-            self.config,
-            state.acc,
-            info.step,
-            info.num_steps,
-            have_residual,
-            lambda: distance(*d_arg) if isinstance(d_arg, tuple) else distance(d_arg),
+            self.config, state.acc, info.step, info.num_steps, have_residual, distance
         )
         state.seen = True
         state.prev_indicator = None if planned else indicator.float()
@@ -343,37 +316,27 @@ class TeaCacheBlockHook(base.BranchHook):
         transformer = self.transformer()
         if transformer is None:
             return {}
-        ind = _timestep_indicators(transformer, self.family, timesteps[step:], self.config)
-        num = (ind[1:] - ind[:-1]).abs().sum(dim=1)
-        den = ind[:-1].abs().sum(dim=1)
-        values = base.agreed_values(torch.cat([num, den]))
-        n = len(values) // 2
-        return {
-            step + 1 + i: (values[i] / values[n + i] if values[n + i] > 0 else float("inf"))
-            for i in range(n)
-        }
+        dist = _schedule_distances(transformer, self.family, timesteps[step:], self.config)
+        return {step + 1 + i: d for i, d in enumerate(dist)}
 
     def new_forward(self, module: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
         state = self.states.get_state()
         if self.head:
-            hidden, enc = self._inputs(args, kwargs)
+            hidden, enc = base.block_inputs(self.meta, args, kwargs)
             state.skipping = not self._decide(module, state, args, kwargs, hidden)
             if state.skipping:
                 state.record.blocks_skipped = True
                 state.record.action = "blocks skipped"
                 res_h, res_e = state.residual
-                return self._pack(hidden + res_h, enc if res_e is None else enc + res_e)
+                return base.pack_block_output(self.meta, hidden + res_h, enc if res_e is None else enc + res_e)
             state.stack_in = (hidden, enc)
         elif state.skipping:
-            return self._pack(*self._inputs(args, kwargs))
+            return base.pack_block_output(self.meta, *base.block_inputs(self.meta, args, kwargs))
         out = self.fn_ref.original_forward(*args, **kwargs)
         if self.tail:
-            meta = self.meta
-            hidden_out = out if torch.is_tensor(out) else out[meta.return_hidden_states_index]
+            hidden_out, enc_out = base.block_outputs(self.meta, out)
             hidden_in, enc_in = state.stack_in
-            res_e = None
-            if self.text_residual:
-                res_e = out[meta.return_encoder_hidden_states_index] - enc_in
+            res_e = enc_out - enc_in if self.text_residual else None
             state.residual = (hidden_out - hidden_in, res_e)
             state.stack_in = None
         return out
@@ -449,8 +412,7 @@ def precompute_schedule(
         raise base.CacheError("teacache: HunyuanVideo's indicator depends on the content")
     config, _ = resolve(config, transformer, layout.family)
     ts = torch.as_tensor(timesteps, dtype=torch.float32)
-    ind = _timestep_indicators(transformer, layout.family, ts, config)
-    dist = ((ind[1:] - ind[:-1]).abs().sum(dim=1) / ind[:-1].abs().sum(dim=1)).tolist()
+    dist = _schedule_distances(transformer, layout.family, ts, config)
     schedule, acc = [], 0.0
     for step in range(len(ts)):
         compute, acc, _ = decide(
@@ -458,6 +420,19 @@ def precompute_schedule(
         )
         schedule.append(compute)
     return schedule
+
+
+def _schedule_distances(
+    transformer: torch.nn.Module, family: str, ts: torch.Tensor, config: TeaCacheConfig
+) -> list[float]:
+    """The relative L1 between the indicators of consecutive timesteps, read in one go (and
+    rank-agreed, as ``base.relative_l1`` reads one)."""
+    ind = _timestep_indicators(transformer, family, ts, config)
+    num = (ind[1:] - ind[:-1]).abs().sum(dim=1)
+    den = ind[:-1].abs().sum(dim=1)
+    values = base.agreed_values(torch.cat([num, den]))
+    n = len(values) // 2
+    return [values[i] / values[n + i] if values[n + i] > 0 else float("inf") for i in range(n)]
 
 
 def _timestep_indicators(
