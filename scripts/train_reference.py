@@ -16,15 +16,16 @@ What: a Wan 2.x architecture end to end, assembled as a diffusers ``WanPipeline`
      the same shift the scheduler uses; 10 % of prompts are replaced by "" so that CFG works; EMA
      weights are saved.
 
-The shipped model is two runs of this script: default flags (stage 1, about 34 minutes on the
-2-core CPU with one thread), then ``--init-from`` that output for 8,899 more transformer steps
-(stage 2, about 45 minutes); the exact commands and the measured numbers are in
-``docs/reference_model.md``. ``--device cuda`` trains on a GPU. ``--tiny-test`` trains a toy
-config for a few steps in seconds (the test suite uses it). Same seed and flags give the same
-weights on the CPU (step-count budgets; ``--minutes`` budgets trade that for a wall-clock limit).
+The shipped model is two runs of this script: default flags (stage 1), then ``--init-from`` that
+output for 8,899 more transformer steps (stage 2). With ``--threads 2`` on the idle 2-core CPU the
+two take 27 + 31 = 58 minutes, measured end to end; the exact commands and the measured numbers are
+in ``docs/reference_model.md``. ``--device cuda`` trains on a GPU. ``--tiny-test`` trains a toy
+config for a few steps in seconds (the test suite uses it). Same seed, flags and thread count give
+the same weights on the CPU, byte for byte (step-count budgets; ``--minutes`` budgets trade that for
+a wall-clock limit; another thread count sums in another order, and the runs diverge).
 
-    nohup python scripts/train_reference.py --out stage1 > stage1.out 2>&1 &
-    python scripts/train_reference.py --init-from stage1 --seed 1 --steps 8899 --lr 1e-3 \
+    python scripts/train_reference.py --threads 2 --out stage1
+    python scripts/train_reference.py --threads 2 --init-from stage1 --seed 1 --steps 8899 --lr 1e-3 \\
         --out vidcache/assets/tiny --eval 3
     python scripts/train_reference.py --tiny-test --out /tmp/tiny-ref
 """

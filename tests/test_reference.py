@@ -127,6 +127,11 @@ def test_train_script_tiny_run_loads_with_diffusers(tmp_path):
     assert (out / "model_index.json").is_file()
     assert list(out.rglob("*.safetensors")) and not list(out.rglob("*.bin"))
     assert (tmp_path / "tiny-ref.train.log").read_text().count("dit step") >= 1
+    # the recipe is reproducible: same seed, flags and thread count give the same weights, byte for byte
+    again = tmp_path / "tiny-ref-again"
+    assert mod.main(["--tiny-test", "--out", str(again), "--threads", "1"]) == 0
+    for f in sorted(out.rglob("*.safetensors")):
+        assert f.read_bytes() == (again / f.relative_to(out)).read_bytes(), f.relative_to(out)
 
     pipe = WanPipeline.from_pretrained(str(out), dtype=torch.float32)
     pipe.set_progress_bar_config(disable=True)

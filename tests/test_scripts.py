@@ -54,3 +54,15 @@ def test_compare_caches_one_folder_per_method(prompt_dir, tmp_path):
     for m in METHOD_NAMES[:2]:
         assert len(list((tmp_path / "cmp" / m).glob("*.mp4"))) == 2
         assert m in r.stdout
+
+
+def test_docs_cache_memory_table_is_the_presets_own():
+    """docs/benchmarks.md's memory table is what users read before renting a GPU: it must be what
+    the presets' parameters give today (it once used MixCache's default window, twice the preset's)."""
+    out = subprocess.run([sys.executable, str(ROOT / "scripts" / "cache_memory_table.py")],
+                         capture_output=True, text=True, check=True).stdout
+    rows = [line for line in out.splitlines() if line.startswith("| ")]
+    assert len(rows) == 6 and "mixcache" in rows[0]
+    docs = (ROOT / "docs" / "benchmarks.md").read_text()
+    missing = [row for row in rows if row not in docs]
+    assert not missing, "docs/benchmarks.md is stale; rerun scripts/cache_memory_table.py:\n" + "\n".join(missing)

@@ -22,7 +22,7 @@ a batch of 2), 1 for HunyuanVideo (guidance-distilled). Per row:
 |               | the latent output and cond's output (latent-sized, small)                        |
 | teacache      | the block-stack residual (CogVideoX: video and text streams); HunyuanVideo also  |
 |               | its indicator, block 0's modulated input, in fp32                                |
-| adacache      | TeaCache's residual plus the metric block's residual in fp32                     |
+| adacache      | TeaCache's residual plus the metric block's residual (the model's dtype)         |
 | mixcache      | the stack residual plus one residual per candidate block (``block_window``);     |
 |               | CFG: the fp32 delta and cond's output (latent-sized)                              |
 | fbcache       | diffusers' First Block Cache: block 0's output and residual, the tail residual   |
@@ -123,8 +123,8 @@ def estimate_cache_bytes(method: str, params: dict[str, Any], model: ModelShape,
         return rows * 2 * n_self * self_out + extra
     if method == "teacache":  # HunyuanVideo's indicator is block 0's modulated input, kept in fp32
         return rows * (stack + (tokens * model.hidden * 4 if model.family == "hunyuan" else 0))
-    if method == "adacache":
-        return rows * (stack + tokens * model.hidden * 4)
+    if method == "adacache":  # the metric residual is kept in the model's dtype (cast to fp32 when read)
+        return rows * (stack + v)
     if method == "mixcache":
         grans = params.get("granularities", ("step", "cfg", "block"))
         lo, hi = params.get("block_window", (0.25, 0.75))
