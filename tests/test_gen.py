@@ -201,6 +201,13 @@ def test_usage_errors_one_line_exit_2(tiny_dirs, tmp_path, args, message):
     assert not list((tmp_path / "out").glob("*.mp4")) if (tmp_path / "out").exists() else True
 
 
+def test_error_line_with_brackets_is_printed_as_text(tmp_path):
+    """gloo's and CUDA's messages carry "[/path:line]"; rich must not read them as markup."""
+    r = invoke("gen", "-p", "x", "--model", str(tmp_path / "x[/bad]"), "--out", tmp_path / "out")
+    assert r.exit_code == 2, r.output
+    assert "x[/bad]: no such folder" in r.output and "Traceback" not in r.output
+
+
 def test_unknown_flag_value_is_usage_error(tmp_path):
     r = invoke("gen", "-p", "x", "--dtype", "fp8", "--out", tmp_path)
     assert r.exit_code == 2 and "fp8" in r.output

@@ -80,11 +80,29 @@ def _worker(spec: str, out: str) -> None:
 
     import torch.distributed as dist
 
+    if json.loads(Path(spec).read_text())[0].get("cli"):
+        return _cli_worker(json.loads(Path(spec).read_text())[0])
     dist.init_process_group("gloo", timeout=timedelta(seconds=COLLECTIVE_TIMEOUT))
     try:
         run_cases(json.loads(Path(spec).read_text()), Path(out))
     finally:
         dist.destroy_process_group()
+
+
+def _cli_worker(spec: dict) -> None:
+    """`vidcache gen` as users launch it, with the video of ``fail_prompt`` raising on ``fail_ranks``."""
+    from vidcache import runner as runner_mod
+    from vidcache.cli import app
+
+    real = runner_mod.Runner.generate
+
+    def generate(self, job):
+        if job.prompt == spec["fail_prompt"] and int(os.environ["RANK"]) in spec["fail_ranks"]:
+            raise RuntimeError("injected failure")
+        return real(self, job)
+
+    runner_mod.Runner.generate = generate
+    app(spec["cli"])
 
 
 def launch(cases: list[dict], tmp: Path, nproc: int = 2) -> Path:
@@ -342,6 +360,43 @@ def test_torchrun_gen_writes_once_and_resumes(tiny_dirs, tmp_path):
     assert bad.returncode != 0
     assert bad.stderr.count("world size 2 != ulysses 3") == 1, bad.stderr[-3000:]
     assert "exitcode  : 2" in bad.stderr, bad.stderr[-3000:]  # torchrun may stop the other rank first
+
+
+@pytest.mark.parametrize("fail_ranks", [[1], [0, 1]], ids=["one-rank", "every-rank"])
+def test_failed_video_under_torchrun(tiny_dirs, tmp_path, fail_ranks):
+    """A video that fails on every rank is failed on all and the batch goes on; one that fails on one
+    rank only leaves the others inside it, so the launch stops within VIDCACHE_RANK_WAIT_S (not
+    after the collective's timeout, minutes), saying which rank and why, with exit code 3 from that
+    rank, and keeps the videos finished before it (a rerun resumes)."""
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red ball\na blue box\na green circle\n")
+    out = tmp_path / "out"
+    args = ["gen", str(prompts), "--model", tiny_dirs["wan"], "--ulysses", "2", "--frames", "9", "--height", "32",
+            "--width", "32", "--steps", "3", "--set", "defaults.text_len=16", "-o", str(out), "--json"]
+    spec = tmp_path / "cases.json"
+    spec.write_text(json.dumps([{"cli": args, "fail_prompt": "a blue box", "fail_ranks": fail_ranks}]))
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS="1",
+               PYTHONPATH=str(Path(__file__).resolve().parents[1]), VIDCACHE_RANK_WAIT_S="5")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", __file__,
+           "--worker", str(spec), str(tmp_path)]
+    try:  # far below the main group's 30-minute timeout: a launch that waits on it fails here
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240, start_new_session=True)
+    except subprocess.TimeoutExpired:
+        pytest.fail("a failed video left the launch waiting")
+    mp4s = sorted(p.name for p in out.glob("*.mp4"))
+    assert len(mp4s) == (2 if len(fail_ranks) == 2 else 1), (mp4s, proc.stderr[-3000:])
+    assert "red" in mp4s[0]
+    if len(fail_ranks) == 2:
+        assert proc.returncode == 1, proc.stderr[-3000:]
+        summary = json.loads(proc.stdout)
+        assert summary["counts"] == {"done": 2, "skipped": 0, "failed": 1}
+        assert [v["status"] for v in summary["videos"]] == ["done", "failed", "done"]
+        assert summary["videos"][1]["error"] == "RuntimeError: injected failure"
+    else:
+        assert proc.returncode != 0
+        assert "exitcode  : 3" in proc.stderr, proc.stderr[-3000:]
+        assert "rank 1: RuntimeError: injected failure; the ranks could not agree" in proc.stderr, \
+            proc.stderr[-3000:]
 
 
 if __name__ == "__main__" and len(sys.argv) == 4 and sys.argv[1] == "--worker":

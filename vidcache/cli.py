@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 import traceback
 from enum import Enum
@@ -11,8 +12,9 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
-from .errors import EXIT_OK, EXIT_SOME_FAILED, VidcacheError
+from .errors import EXIT_OK, EXIT_SOME_FAILED, RankLost, VidcacheError
 
 app = typer.Typer(
     add_completion=False,
@@ -49,7 +51,7 @@ def _fail(err: BaseException, debug: bool, code: int, show: bool = True) -> None
     if debug:
         traceback.print_exc()
     if show:
-        err_console.print(f"[red]error:[/red] {err}", highlight=False, soft_wrap=True)
+        err_console.print(f"[red]error:[/red] {escape(str(err))}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 
@@ -73,7 +75,7 @@ class RichEvents:
         self.progress.update(self.steps, visible=False)
 
     def warn(self, message):
-        self.progress.console.print(f"[yellow]warning:[/yellow] {message}", highlight=False)
+        self.progress.console.print(f"[yellow]warning:[/yellow] {escape(message)}", highlight=False)
 
 
 @app.command()
@@ -157,6 +159,12 @@ def gen(
                 summary = runner.run(debug=debug)
             finally:
                 runner.close()
+    except RankLost as err:  # every rank that saw it says so; the group is left as it is (a peer may
+        # still wait in a collective) and the process ends now, so that torchrun stops the others
+        err_console.print(f"[red]error:[/red] {escape(str(err))}", highlight=False, soft_wrap=True)
+        sys.stderr.flush()
+        sys.stdout.flush()
+        os._exit(err.exit_code)
     except VidcacheError as err:
         _fail(err, debug, err.exit_code, show=main)
     except KeyboardInterrupt:
@@ -173,7 +181,7 @@ def gen(
         out_console.print(summary_table(summary["videos"], f"vidcache: {plan.model.name}, cache {cache}"))
         for row in summary["videos"]:
             if row["status"] == "failed":
-                err_console.print(f"[red]failed[/red] {row['name']}: {row['error']}", highlight=False)
+                err_console.print(f"[red]failed[/red] {escape(row['name'])}: {escape(row['error'])}", highlight=False)
     raise typer.Exit(EXIT_SOME_FAILED if summary["counts"]["failed"] else EXIT_OK)
 
 
@@ -248,7 +256,7 @@ def bench(
     for r in rows:
         table.add_row(*(bench_mod._fmt(r.get(c), c) for c in bench_mod.MD_COLUMNS))
     out_console.print(table)
-    err_console.print(f"wrote {paths['json']}, {paths['md']}, {paths['png']}", highlight=False)
+    err_console.print(escape(f"wrote {paths['json']}, {paths['md']}, {paths['png']}"), highlight=False)
 
 
 @app.command()

@@ -5,6 +5,7 @@ from __future__ import annotations
 EXIT_OK = 0
 EXIT_SOME_FAILED = 1
 EXIT_USAGE = 2
+EXIT_RANK_LOST = 3  # under torchrun: a rank failed inside a video the others could not finish
 
 
 class VidcacheError(Exception):
@@ -15,3 +16,10 @@ class VidcacheError(Exception):
 
 class UsageError(VidcacheError):
     exit_code = EXIT_USAGE
+
+
+class RankLost(VidcacheError):
+    """Under torchrun, a video failed on some ranks while the others stayed inside it (waiting in a
+    collective for the failed ones): the launch cannot go on in step and stops; a rerun resumes."""
+
+    exit_code = EXIT_RANK_LOST

@@ -47,6 +47,7 @@ import os
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -57,9 +58,11 @@ from diffusers.hooks.hooks import BaseState, StateManager
 from diffusers.utils.torch_utils import unwrap_module
 
 from .caches.base import sample_of, with_sample
-from .errors import UsageError
+from .errors import RankLost, UsageError
 
 HOOK_PREFIX = "vidcache_parallel."
+# How long a rank whose video failed waits for the others to reach the same point (seconds).
+OUTCOME_WAIT_S = float(os.environ.get("VIDCACHE_RANK_WAIT_S", "60"))
 # --attention values that return the log-sum-exp ring attention needs; auto / sdpa become cuDNN.
 RING_BACKENDS = {"flash": "flash", "sage": "sage", "auto": "_native_cudnn", "sdpa": "_native_cudnn"}
 CP_BACKENDS = {"auto", "sdpa", "flash", "sage"}  # diffusers backends with context parallel support
@@ -695,6 +698,10 @@ class ParallelRun:
         warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.distributed")
         warnings.filterwarnings("ignore", category=FutureWarning, module=r"diffusers\.hooks\.context_parallel")
         self.rank = dist.get_rank()
+        # A CPU side channel with a short timeout, for the outcome of each video (``agree_outcome``):
+        # the main group's timeout (NCCL's, minutes) is what a rank waits on when another has failed.
+        self.control = dist.new_group(backend="gloo", timeout=timedelta(seconds=OUTCOME_WAIT_S))
+        self.lost = False
         if dist.get_world_size() != plan.world_size:
             raise UsageError(f"the process group has {dist.get_world_size()} ranks, the plan {plan.world_size}")
         cp = plan.cp
@@ -807,19 +814,46 @@ class ParallelRun:
         dist.broadcast(t, src=0)
         return [bool(v) for v in t.tolist()]
 
-    def gather_json(self, obj: Any) -> list[Any]:
-        """Every rank's JSON-serialisable ``obj``, on every rank, in rank order (no pickle)."""
-        dev = self._tensor_device()
+    def gather_json(self, obj: Any, group: Any = None) -> list[Any]:
+        """Every rank's JSON-serialisable ``obj``, on every rank, in rank order (no pickle).
+        ``group``: the control group (CPU tensors) instead of the main one."""
+        dev = torch.device("cpu") if group is not None else self._tensor_device()
         data = torch.tensor(list(json.dumps(obj).encode()), dtype=torch.uint8, device=dev)
         size = torch.tensor([data.numel()], dtype=torch.int64, device=dev)
         sizes = [torch.zeros_like(size) for _ in range(dist.get_world_size())]
-        dist.all_gather(sizes, size)
+        dist.all_gather(sizes, size, group=group)
         longest = max(int(s.item()) for s in sizes)
         padded = torch.zeros(longest, dtype=torch.uint8, device=dev)
         padded[: data.numel()] = data
         parts = [torch.zeros_like(padded) for _ in sizes]
-        dist.all_gather(parts, padded)
+        dist.all_gather(parts, padded, group=group)
         return [json.loads(bytes(p[: int(s.item())].tolist()).decode()) for p, s in zip(parts, sizes)]
+
+    def agree_outcome(self, error: str | None) -> str | None:
+        """After each video, every rank's outcome on every rank: None when all finished it, else the
+        first failing rank's error (so rank 0 reports a failure that happened elsewhere).
+
+        A rank whose video failed gets here early; the others get here only if they could leave the
+        video too (every rank failed at the same point, or the failure came after the last
+        collective). If they cannot (they wait inside the video for the failed rank), nothing can
+        bring the launch back in step: after ``VIDCACHE_RANK_WAIT_S`` (60 s) this raises RankLost
+        and the CLI ends the process, which makes torchrun stop the others.
+        """
+        try:
+            errors = self.gather_json(error, group=self.control)
+        except (RuntimeError, dist.DistError):  # timed out, or a peer is gone
+            self.lost = True
+            first = f"{error}; " if error else ""
+            raise RankLost(
+                f"rank {self.rank}: {first}the ranks could not agree on the video's outcome within "
+                f"{OUTCOME_WAIT_S:g} s (a rank failed inside it while the others wait there for it, or a "
+                "rank is gone); stopping the launch: run again to resume"
+            ) from None
+        failed = [(rank, e) for rank, e in enumerate(errors) if e is not None]
+        if not failed:
+            return None
+        rank, first = failed[0]
+        return first if len(failed) == len(errors) else f"rank {rank}: {first}"
 
     def merge_stats(self, stats: dict[str, Any]) -> dict[str, Any]:
         """The cache statistics one process would report.
@@ -843,6 +877,8 @@ class ParallelRun:
         from .caches import base as cache_base
 
         cache_base.set_decision_group(None)
+        if self.lost:  # a peer may still sit in a collective: tearing the group down could wait on it
+            return
         if self.owns_group and dist.is_initialized():
             dist.destroy_process_group()
             self.owns_group = False

@@ -19,7 +19,7 @@ import torch
 from . import caches, memory, parallel, presets
 from . import jobs as jobs_mod
 from .compile import compile_pipeline
-from .errors import UsageError
+from .errors import RankLost, UsageError
 from .loading import LoadOptions, load_pipeline, pick_device, transformers_of
 from .models import ResolvedModel, resolve
 from .report import device_info, versions, video_row
@@ -310,16 +310,31 @@ class Runner:
             report["parallel"] = self.par.report(peak)
         return out.frames[0], report
 
-    def render(self, job: jobs_mod.Job) -> dict[str, Any]:
-        """Generate and write one job's MP4 and report; failures become a 'failed' report."""
+    def render(self, job: jobs_mod.Job, debug: bool = False) -> dict[str, Any]:
+        """Generate and write one job's MP4 and report; failures become a 'failed' report.
+
+        Under torchrun the ranks agree on the outcome before anything is written, so that a video
+        that failed on any rank is failed on all of them and they move on to the next one together
+        (or, when the others cannot leave the video, the launch stops: ``agree_outcome``).
+        """
+        error, frames, report = None, None, {}
         try:
             frames, report = self.generate(job)
         except torch.OutOfMemoryError:
-            msg = (f"out of memory on {self.device}: try fewer frames (--frames), a smaller size "
-                   "(--height/--width), --offload, or a smaller model")
-            return self._failed(job, msg)
+            error = (f"out of memory on {self.device}: try fewer frames (--frames), a smaller size "
+                     "(--height/--width), --offload, or a smaller model")
         except MemoryError:
-            return self._failed(job, "out of memory: try fewer frames (--frames), a smaller size, or a smaller model")
+            error = "out of memory: try fewer frames (--frames), a smaller size, or a smaller model"
+        except (KeyboardInterrupt, UsageError):
+            raise
+        except Exception as err:
+            if self.par is None or debug:
+                raise
+            error = f"{type(err).__name__}: {err}".splitlines()[0]
+        if self.par is not None:
+            error = self.par.agree_outcome(error)
+        if error is not None:
+            return self._failed(job, error)
         if not self.is_main:
             return report
         mp4 = write_mp4(self.out / f"{job.name}.mp4", frames, job.fps)
@@ -353,7 +368,11 @@ class Runner:
                     self.load()
                     loaded = True
                 try:
-                    row = video_row(self.render(job))
+                    row = video_row(self.render(job, debug))
+                except RankLost as err:
+                    rows.append(video_row(self._failed(job, str(err))))
+                    self.summary(rows, time.perf_counter() - t0)  # rank 0: run.json up to here
+                    raise
                 except (KeyboardInterrupt, UsageError):
                     raise
                 except Exception as err:  # noqa: BLE001 - one failed video must not stop the batch
