@@ -14,7 +14,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from .errors import EXIT_OK, EXIT_SOME_FAILED, RankLost, VidcacheError
+from .errors import EXIT_OK, EXIT_SOME_FAILED, RankLost, UsageError, VidcacheError
 
 app = typer.Typer(
     add_completion=False,
@@ -45,6 +45,22 @@ class Attention(str, Enum):
     xformers = "xformers"
     flash = "flash"
     sage = "sage"
+
+
+# Options shared by the commands that plan videos without writing them (bench, calibrate).
+PromptsOpt = Annotated[str | None, typer.Option(help="Prompt file (.txt / .jsonl), '-' for stdin.")]
+PromptOpt = Annotated[list[str], typer.Option("--prompt", "-p", help="A prompt (repeatable).")]
+ModelOpt = Annotated[str, typer.Option("--model", "-m", help="Known name, hub id or local folder.")]
+PresetOpt = Annotated[Path | None, typer.Option(help="TOML file merged over the model's preset.")]
+SetOpt = Annotated[list[str], typer.Option("--set", help="defaults.KEY=VALUE overrides.")]
+FramesOpt = Annotated[int | None, typer.Option(help="Frames per video.")]
+HeightOpt = Annotated[int | None, typer.Option(help="Height in pixels.")]
+WidthOpt = Annotated[int | None, typer.Option(help="Width in pixels.")]
+StepsOpt = Annotated[int | None, typer.Option(help="Denoising steps.")]
+SeedOpt = Annotated[int, typer.Option(help="Seed for every prompt without its own.")]
+DeviceOpt = Annotated[Device, typer.Option(help="Where to run.")]
+DTypeOpt = Annotated[DType, typer.Option(help="Precision.")]
+DebugOpt = Annotated[bool, typer.Option(help="Show tracebacks.")]
 
 
 def _fail(err: BaseException, debug: bool, code: int, show: bool = True) -> None:
@@ -123,7 +139,7 @@ def gen(
         help="Under torchrun: ranks that split each sequence with ring attention (GPU only).")] = None,
     cfg_parallel: Annotated[bool, typer.Option(
         "--cfg-parallel", help="Under torchrun: half the ranks run the cond branch, half the uncond.")] = False,
-    debug: Annotated[bool, typer.Option(help="Show tracebacks.")] = False,
+    debug: DebugOpt = False,
 ) -> None:
     """Generate one MP4 and one timing report per prompt."""
     import contextlib
@@ -190,26 +206,26 @@ def bench(
     caches: Annotated[str, typer.Option(
         help="Comma-separated methods (METHOD.VARIANT for a preset variant); the uncached baseline always runs.",
     )] = "pab,fastercache,teacache",
-    prompts: Annotated[str | None, typer.Option(help="Prompt file (.txt / .jsonl), '-' for stdin.")] = None,
-    prompt: Annotated[list[str], typer.Option("--prompt", "-p", help="A prompt (repeatable).")] = [],  # noqa: B006
-    model: Annotated[str, typer.Option("--model", "-m", help="Known name, hub id or local folder.")] = "tiny",
+    prompts: PromptsOpt = None,
+    prompt: PromptOpt = [],  # noqa: B006
+    model: ModelOpt = "tiny",
     repeat: Annotated[int, typer.Option(min=1, help="Timed pairs per prompt and method.")] = 3,
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for bench.json, bench.md, pareto.png.")] = Path(
         "bench"),
-    preset: Annotated[Path | None, typer.Option(help="TOML file merged over the model's preset.")] = None,
-    set_: Annotated[list[str], typer.Option("--set", help="defaults.KEY=VALUE overrides.")] = [],  # noqa: B006
-    frames: Annotated[int | None, typer.Option(help="Frames per video.")] = None,
-    height: Annotated[int | None, typer.Option(help="Height in pixels.")] = None,
-    width: Annotated[int | None, typer.Option(help="Width in pixels.")] = None,
-    steps: Annotated[int | None, typer.Option(help="Denoising steps.")] = None,
-    seed: Annotated[int, typer.Option(help="Seed for every prompt without its own.")] = 0,
-    device: Annotated[Device, typer.Option(help="Where to run.")] = Device.auto,
-    dtype: Annotated[DType, typer.Option(help="Precision.")] = DType.auto,
+    preset: PresetOpt = None,
+    set_: SetOpt = [],  # noqa: B006
+    frames: FramesOpt = None,
+    height: HeightOpt = None,
+    width: WidthOpt = None,
+    steps: StepsOpt = None,
+    seed: SeedOpt = 0,
+    device: DeviceOpt = Device.auto,
+    dtype: DTypeOpt = DType.auto,
     attention: Annotated[Attention, typer.Option(help="Attention backend.")] = Attention.auto,
     compile_: Annotated[bool, typer.Option(
         "--compile", help="torch.compile the transformer blocks (a method's first video compiles).")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print the rows as JSON on stdout.")] = False,
-    debug: Annotated[bool, typer.Option(help="Show tracebacks.")] = False,
+    debug: DebugOpt = False,
 ) -> None:
     """Speed and quality of each cache against the uncached run, side by side."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -257,6 +273,75 @@ def bench(
         table.add_row(*(bench_mod._fmt(r.get(c), c) for c in bench_mod.MD_COLUMNS))
     out_console.print(table)
     err_console.print(escape(f"wrote {paths['json']}, {paths['md']}, {paths['png']}"), highlight=False)
+
+
+@app.command()
+def calibrate(
+    prompts: PromptsOpt = None,
+    prompt: PromptOpt = [],  # noqa: B006
+    model: ModelOpt = "tiny",
+    out: Annotated[Path, typer.Option("--out", "-o", help="TOML preset fragment to write.")] = Path(
+        "teacache-calibrated.toml"),
+    retention: Annotated[bool, typer.Option(
+        "--retention", help="Wan only: fit the retention-mode indicator (timestep_proj).")] = False,
+    preset: PresetOpt = None,
+    set_: SetOpt = [],  # noqa: B006
+    frames: FramesOpt = None,
+    height: HeightOpt = None,
+    width: WidthOpt = None,
+    steps: StepsOpt = None,
+    seed: SeedOpt = 0,
+    device: DeviceOpt = Device.auto,
+    dtype: DTypeOpt = DType.auto,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the fit as JSON on stdout.")] = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Fit TeaCache's coefficients to a model from uncached runs; writes a preset fragment."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from . import calibrate as calib
+    from . import jobs
+    from .loading import LoadOptions
+    from .runner import RunConfig, Runner, plan_run
+
+    cfg = RunConfig(
+        model=model, cache="none", preset_file=str(preset) if preset else None, sets=list(set_), out=out.parent,
+        seed=seed, flags={"frames": frames, "height": height, "width": width, "steps": steps},
+        load=LoadOptions(device=device.value, dtype=dtype.value),
+    )
+    try:
+        if out.suffix != ".toml":
+            raise UsageError(f"--out {out}: expected a .toml file")
+        if not out.parent.is_dir():
+            raise UsageError(f"--out {out}: no such folder {out.parent}")
+        plan = plan_run(cfg, jobs.read_prompts(prompts, list(prompt)))
+        runner = Runner(plan)
+        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                      TimeElapsedColumn(), console=err_console, transient=True) as progress:
+            task = progress.add_task("calibrate", total=len(plan.jobs))
+
+            def on_video(job, position, total):
+                progress.update(task, completed=position, description=f"calibrate {job.name}")
+
+            try:
+                result = calib.calibrate(runner, retention=retention, on_video=on_video)
+            finally:
+                runner.close()
+        calib.write_toml(out, result.toml(plan.model.name))
+    except VidcacheError as err:
+        _fail(err, debug, err.exit_code)
+    except Exception as err:  # noqa: BLE001
+        _fail(f"{type(err).__name__}: {err}".splitlines()[0], debug, 1)
+    summary = result.summary() | {"out": str(out)}
+    for warning in result.warnings():
+        err_console.print(f"[yellow]warning:[/yellow] {escape(warning)}", highlight=False)
+    if json_out:
+        sys.stdout.write(json.dumps(summary, indent=2) + "\n")
+        return
+    err_console.print(escape(
+        f"teacache coefficients for {plan.model.name}: {len(result.x)} pairs from {result.videos} videos, "
+        f"mean relative fit error {summary['mean_rel_error']:.3f}; wrote {out} (use: --cache teacache "
+        f"--preset {out})"), highlight=False)
 
 
 @app.command()
