@@ -21,7 +21,7 @@ from . import caches
 from . import jobs as jobs_mod
 from .errors import UsageError
 from .runner import Events, QuietEvents, RunConfig, Runner, plan_run
-from .video import write_json
+from .video import write_json, write_text
 
 MD_COLUMNS = ("method", "preset", "speedup", "speedup_e2e", "compute_ratio", "psnr", "ssim", "lpips",
               "adherence", "cache_memory_mb")
@@ -212,8 +212,6 @@ def write_outputs(rows: list[dict[str, Any]], context: dict[str, Any], out: Path
     out.mkdir(parents=True, exist_ok=True)
     paths = {"json": out / "bench.json", "md": out / "bench.md", "png": out / "pareto.png"}
     write_json(paths["json"], rows)
-    tmp = out / ".bench.md.tmp"
-    tmp.write_text(markdown(rows, context))
-    tmp.replace(paths["md"])
+    write_text(paths["md"], markdown(rows, context))
     pareto_plot(rows, paths["png"])
     return paths

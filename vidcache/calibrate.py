@@ -24,7 +24,6 @@ output on Wan and CogVideoX, block 0's modulated input on HunyuanVideo), from ho
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -33,7 +32,7 @@ from diffusers.hooks import HookRegistry, ModelHook
 from diffusers.hooks.hooks import BaseState, StateManager
 
 from .caches import base
-from .caches.teacache import _INDICATOR_MODULES
+from .caches.teacache import block_indicator, embedder_indicator
 from .errors import UsageError
 from .loading import transformers_of
 
@@ -143,13 +142,12 @@ class _Sink:
 
 def _indicator_hook(transformer: torch.nn.Module, family: str, retention: bool, sink: _Sink):
     """A torch hook that hands this forward's indicator to ``sink``; returns its handle."""
-    source = _INDICATOR_MODULES[family]
+    source = embedder_indicator(family, retention)
     if source is not None:  # Wan, CogVideoX: the time embedder's output
-        name, index, ret_index = source
-        pick = ret_index if retention else index
+        name, index = source
 
         def post(module, inputs, output):
-            sink.indicator = (output if pick is None else output[pick]).detach().float()
+            sink.indicator = (output if index is None else output[index]).detach().float()
 
         return transformer.get_submodule(name).register_forward_hook(post)
     block = base.layout_of(transformer).blocks(transformer)[0][1]  # HunyuanVideo: block 0's modulated input
@@ -157,8 +155,7 @@ def _indicator_hook(transformer: torch.nn.Module, family: str, retention: bool, 
 
     def pre(module, args, kwargs):
         hidden = base.block_inputs(meta, args, kwargs)[0]
-        temb = meta._get_parameter_from_args_kwargs("temb", args, kwargs)
-        sink.indicator = module.norm1(hidden, emb=temb)[0].detach().float()
+        sink.indicator = block_indicator(module, meta, hidden, args, kwargs).detach().float()
 
     return block.register_forward_pre_hook(pre, with_kwargs=True)
 
@@ -178,8 +175,8 @@ class Recording:
             self.handles.append(_indicator_hook(tr, family, retention, self.sink))
 
     def new_video(self) -> None:
-        for _, recorder in self.recorders:
-            recorder.states.reset()
+        for tr, recorder in self.recorders:
+            recorder.reset_state(tr)
         self.sink.indicator = None
 
     def close(self) -> None:
@@ -216,18 +213,3 @@ def calibrate(runner: Any, retention: bool = False, on_video: Any = None) -> Cal
     sink = recording.sink
     return Calibration(family, retention, fit(sink.x, sink.y), sink.x, sink.y, len(runner.plan.jobs))
 
-
-def write_toml(path: str | Path, text: str) -> Path:
-    """Atomically, beside the final name (``video.write_json``'s rule)."""
-    import os
-
-    from .video import _tmp_beside
-
-    path = Path(path)
-    tmp = _tmp_beside(path, ".toml")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path

@@ -14,7 +14,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from .errors import EXIT_OK, EXIT_SOME_FAILED, RankLost, UsageError, VidcacheError
+from .errors import EXIT_OK, EXIT_SOME_FAILED, RankLost, UsageError, VidcacheError, one_line
 
 app = typer.Typer(
     add_completion=False,
@@ -188,7 +188,7 @@ def gen(
             err_console.print("[red]interrupted[/red]: finished videos are kept; run again to resume")
         raise typer.Exit(130) from None
     except Exception as err:  # noqa: BLE001 - a traceback only with --debug
-        _fail(f"{type(err).__name__}: {err}".splitlines()[0], debug, 1, show=main)
+        _fail(one_line(err), debug, 1, show=main)
     if not main:
         pass
     elif json_out:
@@ -262,7 +262,7 @@ def bench(
     except VidcacheError as err:
         _fail(err, debug, err.exit_code)
     except Exception as err:  # noqa: BLE001
-        _fail(f"{type(err).__name__}: {err}".splitlines()[0], debug, 1)
+        _fail(one_line(err), debug, 1)
     if json_out:
         sys.stdout.write(json.dumps(rows, indent=2) + "\n")
         return
@@ -303,6 +303,7 @@ def calibrate(
     from . import jobs
     from .loading import LoadOptions
     from .runner import RunConfig, Runner, plan_run
+    from .video import write_text
 
     cfg = RunConfig(
         model=model, cache="none", preset_file=str(preset) if preset else None, sets=list(set_), out=out.parent,
@@ -327,11 +328,11 @@ def calibrate(
                 result = calib.calibrate(runner, retention=retention, on_video=on_video)
             finally:
                 runner.close()
-        calib.write_toml(out, result.toml(plan.model.name))
+        write_text(out, result.toml(plan.model.name))
     except VidcacheError as err:
         _fail(err, debug, err.exit_code)
     except Exception as err:  # noqa: BLE001
-        _fail(f"{type(err).__name__}: {err}".splitlines()[0], debug, 1)
+        _fail(one_line(err), debug, 1)
     summary = result.summary() | {"out": str(out)}
     for warning in result.warnings():
         err_console.print(f"[yellow]warning:[/yellow] {escape(warning)}", highlight=False)

@@ -8,6 +8,11 @@ EXIT_USAGE = 2
 EXIT_RANK_LOST = 3  # under torchrun: a rank failed inside a video the others could not finish
 
 
+def one_line(err: BaseException) -> str:
+    """An unexpected error as users see it without --debug: its type and its message's first line."""
+    return f"{type(err).__name__}: {err}".splitlines()[0]
+
+
 class VidcacheError(Exception):
     """A problem with what the user asked for; ``str(err)`` is the one line shown."""
 

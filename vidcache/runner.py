@@ -19,7 +19,7 @@ import torch
 from . import caches, memory, parallel, presets
 from . import jobs as jobs_mod
 from .compile import compile_pipeline
-from .errors import RankLost, UsageError
+from .errors import RankLost, UsageError, one_line
 from .loading import LoadOptions, load_pipeline, pick_device, transformers_of
 from .models import ResolvedModel, resolve
 from .report import device_info, versions, video_row
@@ -330,7 +330,7 @@ class Runner:
         except Exception as err:
             if self.par is None or debug:
                 raise
-            error = f"{type(err).__name__}: {err}".splitlines()[0]
+            error = one_line(err)
         if self.par is not None:
             error = self.par.agree_outcome(error)
         if error is not None:
@@ -378,7 +378,7 @@ class Runner:
                 except Exception as err:  # noqa: BLE001 - one failed video must not stop the batch
                     if debug:
                         raise
-                    row = video_row(self._failed(job, f"{type(err).__name__}: {err}".splitlines()[0]))
+                    row = video_row(self._failed(job, one_line(err)))
             rows.append(row)
             self.events.video_end(row)
         return self.summary(rows, time.perf_counter() - t0)

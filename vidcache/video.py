@@ -74,16 +74,20 @@ def read_mp4(path: str | Path) -> np.ndarray:
     return np.stack(frames)
 
 
-def write_json(path: str | Path, data: Any) -> Path:
+def write_text(path: str | Path, text: str) -> Path:
+    """``text`` under ``path``, written beside it, synced, then renamed over it."""
     path = Path(path)
-    tmp = _tmp_beside(path, ".json")
+    tmp = _tmp_beside(path, path.suffix)
     try:
         with open(tmp, "w", encoding="utf-8") as fh:
-            json.dump(data, fh, indent=2, sort_keys=False)
-            fh.write("\n")
+            fh.write(text)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
     return path
+
+
+def write_json(path: str | Path, data: Any) -> Path:
+    return write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n")

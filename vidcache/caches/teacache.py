@@ -239,6 +239,23 @@ class TeaCacheState(base.BranchState):
         return base.iter_tensors((self.prev_indicator, self.residual, self.stack_in))
 
 
+def embedder_indicator(family: str, retention: bool) -> tuple[str, int | None] | None:
+    """Where the indicator of ``family`` is read from the time embedder: (its module name, the
+    index in its output, or None for the output itself); None for HunyuanVideo (``block_indicator``)."""
+    source = _INDICATOR_MODULES[family]
+    if source is None:
+        return None
+    name, index, ret_index = source
+    return name, ret_index if retention else index
+
+
+def block_indicator(block: torch.nn.Module, meta: Any, hidden: torch.Tensor, args: tuple, kwargs: dict
+                    ) -> torch.Tensor:
+    """HunyuanVideo's indicator: block 0's modulated input ``hidden``, for the block's call arguments."""
+    temb = meta._get_parameter_from_args_kwargs("temb", args, kwargs)
+    return block.norm1(hidden, emb=temb)[0]
+
+
 class IndicatorHook(base.BranchHook):
     """On the time embedder (Wan, CogVideoX): keeps this forward's indicator for the decision."""
 
@@ -283,8 +300,7 @@ class TeaCacheBlockHook(base.BranchHook):
     def _decide(self, module: torch.nn.Module, state: TeaCacheState, args, kwargs, hidden) -> bool:
         info = state.info
         if self.indicator_from_norm1:  # HunyuanVideo: modulated input of block 0
-            temb = self.meta._get_parameter_from_args_kwargs("temb", args, kwargs)
-            indicator = module.norm1(hidden, emb=temb)[0]
+            indicator = block_indicator(module, self.meta, hidden, args, kwargs)
         else:
             indicator = state.indicator
         if indicator is None:
@@ -368,10 +384,10 @@ def apply_teacache(
     layout = base.layout_of(transformer)
     config, warnings = resolve(config, transformer, layout.family)
     states = base.BranchStates(TeaCacheState)
-    source = _INDICATOR_MODULES[layout.family]
+    source = embedder_indicator(layout.family, config.retention)
     if source is not None:
-        name, index, ret_index = source
-        hook = IndicatorHook(states, name, ret_index if config.retention else index)
+        name, index = source
+        hook = IndicatorHook(states, name, index)
         base.register(transformer.get_submodule(name), hook, "teacache.indicator")
     blocks = layout.blocks(transformer)
     hooks = []
