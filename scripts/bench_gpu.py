@@ -249,7 +249,7 @@ def make_inputs(case: Case, tr: torch.nn.Module, size: tuple[int, int, int], b: 
 
 
 def timesteps(case: Case, steps: int, b: Bench) -> list[float]:
-    from vidcache.caches.schedules import reference_timesteps
+    from vidcache.models.schedules import reference_timesteps
 
     return reference_timesteps(case.preset, steps)
 
@@ -580,6 +580,7 @@ def bench_attention(case: Case, tr: torch.nn.Module, full: Timeline, b: Bench, f
     import importlib.util
 
     from vidcache.loading import pick_attention
+    from vidcache.models import adapter_named
 
     if b.device == "cuda":
         backends = [("native", True), ("_native_cudnn", True), ("_native_flash", True), ("_native_efficient", True)]
@@ -589,7 +590,7 @@ def bench_attention(case: Case, tr: torch.nn.Module, full: Timeline, b: Bench, f
                 backends.append((backend, exact))
     else:
         backends = [("native", True), ("_native_math", True)]
-    auto = pick_attention(b.device, case.family, b.dtype) or "native"
+    auto = pick_attention(b.device, adapter_named(case.family), b.dtype) or "native"
     per_step = forwards_per_step(case)
     for backend, exact in backends:
         if not b.fits(3 * fwd_s * per_step * 2):

@@ -53,7 +53,7 @@ def table() -> str:
         preset = presets.load(preset_name)
         shape = SHAPES[model]
         text_len = int(preset.defaults.get("text_len", 226))
-        job = JobShape(frames, height, width, text_len, cfg=shape.family != "hunyuan")
+        job = JobShape(frames, height, width, text_len, cfg=shape.adapter.cfg_layout != "distilled")
         cells = []
         for method in METHODS:
             params = presets.method_params(preset, method, None)

@@ -33,8 +33,8 @@ from vidcache.caches import (
     reset_cache,
 )
 from vidcache.caches.fastercache import FasterCacheConfig, band, synthesise_uncond
-from vidcache.caches.schedules import REFERENCE_SCHEDULERS, reference_timesteps, window_steps
 from vidcache.caches.teacache import TeaCacheConfig, precompute_schedule
+from vidcache.models.schedules import REFERENCE_SCHEDULERS, reference_timesteps, window_steps
 
 STEPS = 10
 METHODS = ("pab", "fastercache", "teacache")

@@ -48,6 +48,7 @@ def test_indicator_is_the_one_teacache_reads(tiny_dirs, tmp_path):
     from vidcache import calibrate as calib
     from vidcache.caches.teacache import TeaCacheConfig, _schedule_distances
     from vidcache.jobs import Prompt
+    from vidcache.models import ADAPTERS
     from vidcache.runner import RunConfig, Runner, plan_run
 
     cfg = RunConfig(model=tiny_dirs["wan"], cache="none", sets=["defaults.text_len=16"], out=tmp_path,
@@ -56,7 +57,7 @@ def test_indicator_is_the_one_teacache_reads(tiny_dirs, tmp_path):
     try:
         result = calib.calibrate(runner)
         ts = runner.pipe.scheduler.timesteps
-        expected = _schedule_distances(runner.pipe.transformer, "wan", ts.float(), TeaCacheConfig())
+        expected = _schedule_distances(runner.pipe.transformer, ADAPTERS["wan"], ts.float(), TeaCacheConfig())
     finally:
         runner.close()
     # forwards alternate cond, uncond: pairs are recorded per branch, in step order, interleaved

@@ -448,26 +448,28 @@ def test_attention_auto_rule(monkeypatch):
 
     from vidcache import loading
     from vidcache.errors import UsageError
+    from vidcache.models import ADAPTERS
 
-    assert loading.check_attention("auto", "cpu", "wan", torch.float32) is None  # SDPA
-    assert loading.pick_attention("cuda", "wan", torch.bfloat16) is None or loading.flash_attention_3_available()
+    assert loading.check_attention("auto", "cpu", ADAPTERS["wan"], torch.float32) is None  # SDPA
+    wan = ADAPTERS["wan"]
+    assert loading.pick_attention("cuda", wan, torch.bfloat16) is None or loading.flash_attention_3_available()
     real_find = importlib.util.find_spec
     monkeypatch.setattr(loading.importlib.util, "find_spec",
                         lambda name, *a: object() if name == "flash_attn" else real_find(name))
     monkeypatch.setattr(loading, "flash_attention_3_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: (9, 0))
     monkeypatch.delenv("WORLD_SIZE", raising=False)
-    assert loading.pick_attention("cuda", "wan", torch.bfloat16) == "_flash_3"
-    assert loading.pick_attention("cuda", "wan", torch.float32) is None
-    assert loading.pick_attention("cuda", "hunyuan", torch.bfloat16) is None  # FA3 takes no mask
-    assert loading.pick_attention("cuda", "cogvideox", torch.bfloat16) is None
+    assert loading.pick_attention("cuda", ADAPTERS["wan"], torch.bfloat16) == "_flash_3"
+    assert loading.pick_attention("cuda", ADAPTERS["wan"], torch.float32) is None
+    assert loading.pick_attention("cuda", ADAPTERS["hunyuan"], torch.bfloat16) is None  # FA3 takes no mask
+    assert loading.pick_attention("cuda", ADAPTERS["cogvideox"], torch.bfloat16) is None
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: (8, 0))
-    assert loading.pick_attention("cuda", "wan", torch.bfloat16) is None  # not Hopper: SDPA measured best
+    assert loading.pick_attention("cuda", ADAPTERS["wan"], torch.bfloat16) is None  # not Hopper: SDPA measured best
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: (9, 0))
     monkeypatch.setenv("WORLD_SIZE", "2")
-    assert loading.pick_attention("cuda", "wan", torch.bfloat16) is None  # no context-parallel FA3
+    assert loading.pick_attention("cuda", ADAPTERS["wan"], torch.bfloat16) is None  # no context-parallel FA3
     with pytest.raises(UsageError, match="attention mask"):
-        loading.check_attention("flash", "cuda", "hunyuan", torch.bfloat16)
+        loading.check_attention("flash", "cuda", ADAPTERS["hunyuan"], torch.bfloat16)
 
 
 def test_offload_flags_are_checked(tiny_dirs, tmp_path):

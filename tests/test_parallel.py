@@ -243,7 +243,7 @@ def test_joint_text_mask_counts_each_text_key_once(ulysses, ring):
     import torch
     import torch.nn.functional as F
 
-    from vidcache.parallel import joint_text_mask
+    from vidcache.models.hunyuan_cp import joint_text_mask
 
     torch.manual_seed(0)
     p, n_video, n_text, valid, dim = ulysses * ring, 24, 6, 4, 8

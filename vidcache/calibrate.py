@@ -32,9 +32,10 @@ from diffusers.hooks import HookRegistry, ModelHook
 from diffusers.hooks.hooks import BaseState, StateManager
 
 from .caches import base
-from .caches.teacache import block_indicator, embedder_indicator
+from .caches.teacache import embedder_indicator
 from .errors import UsageError
 from .loading import transformers_of
+from .models import FamilyAdapter
 
 HOOK = "vidcache_calibrate"
 DEGREE = 4
@@ -140,9 +141,10 @@ class _Sink:
         self.y.append(y)
 
 
-def _indicator_hook(transformer: torch.nn.Module, family: str, retention: bool, sink: _Sink):
+def _indicator_hook(transformer: torch.nn.Module, retention: bool, sink: _Sink):
     """A torch hook that hands this forward's indicator to ``sink``; returns its handle."""
-    source = embedder_indicator(family, retention)
+    layout = base.layout_of(transformer)
+    source = embedder_indicator(layout, retention)
     if source is not None:  # Wan, CogVideoX: the time embedder's output
         name, index = source
 
@@ -150,12 +152,12 @@ def _indicator_hook(transformer: torch.nn.Module, family: str, retention: bool, 
             sink.indicator = (output if index is None else output[index]).detach().float()
 
         return transformer.get_submodule(name).register_forward_hook(post)
-    block = base.layout_of(transformer).blocks(transformer)[0][1]  # HunyuanVideo: block 0's modulated input
+    block = layout.blocks(transformer)[0][1]  # HunyuanVideo: block 0's modulated input
     meta = base.block_metadata(block)
 
     def pre(module, args, kwargs):
         hidden = base.block_inputs(meta, args, kwargs)[0]
-        sink.indicator = block_indicator(module, meta, hidden, args, kwargs).detach().float()
+        sink.indicator = layout.block_indicator(module, meta, hidden, args, kwargs).detach().float()
 
     return block.register_forward_pre_hook(pre, with_kwargs=True)
 
@@ -163,16 +165,16 @@ def _indicator_hook(transformer: torch.nn.Module, family: str, retention: bool, 
 class Recording:
     """Hooks on every denoiser of ``pipe`` while it is open; ``new_video()`` between videos."""
 
-    def __init__(self, pipe: Any, family: str, retention: bool) -> None:
-        if retention and family != "wan":
-            raise UsageError("calibrate: --retention exists for Wan only")
+    def __init__(self, pipe: Any, family: FamilyAdapter, retention: bool) -> None:
+        if retention and not family.teacache.has_retention:
+            raise UsageError(f"calibrate: --retention exists for Wan only, not {family.name}")
         self.sink = _Sink()
         self.handles, self.recorders = [], []
         for tr in transformers_of(pipe):
             recorder = _Recorder(self.sink)
             HookRegistry.check_if_exists_or_initialize(tr).register_hook(recorder, HOOK)
             self.recorders.append((tr, recorder))
-            self.handles.append(_indicator_hook(tr, family, retention, self.sink))
+            self.handles.append(_indicator_hook(tr, retention, self.sink))
 
     def new_video(self) -> None:
         for tr, recorder in self.recorders:
@@ -200,7 +202,7 @@ def fit(x: list[float], y: list[float]) -> list[float]:
 def calibrate(runner: Any, retention: bool = False, on_video: Any = None) -> Calibration:
     """Run every job of ``runner``'s plan uncached with the recording hooks; fit the polynomial."""
     runner.load()
-    family = runner.plan.model.family.name
+    family = runner.plan.model.family
     recording = Recording(runner.pipe, family, retention)
     try:
         for pos, job in enumerate(runner.plan.jobs):
@@ -211,5 +213,5 @@ def calibrate(runner: Any, retention: bool = False, on_video: Any = None) -> Cal
     finally:
         recording.close()
     sink = recording.sink
-    return Calibration(family, retention, fit(sink.x, sink.y), sink.x, sink.y, len(runner.plan.jobs))
+    return Calibration(family.name, retention, fit(sink.x, sink.y), sink.x, sink.y, len(runner.plan.jobs))
 

@@ -143,17 +143,14 @@ def _compiled_forward(module: torch.nn.Module, options: dict[str, Any]) -> Calla
 
 
 def blocks_of(transformer: torch.nn.Module) -> Iterator[tuple[str, torch.nn.Module]]:
-    """The blocks of a Wan, CogVideoX or HunyuanVideo transformer (its family's block lists)."""
-    from .models import FAMILIES
+    """The blocks of a supported transformer, as its family's adapter lists them."""
+    from .models import adapter_of
 
-    cls = type(transformer).__name__
-    for fam in FAMILIES.values():
-        if cls in fam.transformer_classes:
-            for list_name in fam.block_lists:
-                for i, block in enumerate(getattr(transformer, list_name)):
-                    yield f"{list_name}.{i}", block
-            return
-    raise UsageError(f"--compile: cannot compile a {cls} (not a Wan, CogVideoX or HunyuanVideo transformer)")
+    try:
+        adapter = adapter_of(transformer)
+    except UsageError as err:
+        raise UsageError(f"--compile: {err}") from None
+    yield from adapter.blocks(transformer)
 
 
 def uncompile_transformer(transformer: torch.nn.Module) -> None:

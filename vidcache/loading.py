@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import torch
 
 from .errors import UsageError
-from .models import ResolvedModel
+from .models import FamilyAdapter, ResolvedModel
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
@@ -53,7 +53,7 @@ def pick_dtype(dtype: str, device: str) -> torch.dtype:
     return DTYPES[dtype]
 
 
-def pick_attention(device: str, family: str | None = None, dtype: torch.dtype | None = None) -> str | None:
+def pick_attention(device: str, family: FamilyAdapter | None = None, dtype: torch.dtype | None = None) -> str | None:
     """What ``--attention auto`` runs: the fastest exact backend for the device, or None for
     diffusers' default, PyTorch SDPA (which picks its own kernel per device and shape).
 
@@ -61,13 +61,14 @@ def pick_attention(device: str, family: str | None = None, dtype: torch.dtype | 
     (0.657 s a forward) beat SDPA forced to cuDNN (0.681 s), to flash (0.891 s) and to
     mem-efficient (1.453 s), so on CPU and on CUDA the default is SDPA. The one exception is
     FlashAttention-3 (``flash_attn_interface``), an exact kernel written for Hopper: chosen on an
-    sm90 GPU in bf16/fp16 for Wan when installed, one process only (diffusers' FA3 backend takes no
-    attention mask, which HunyuanVideo needs, nor context parallelism; CogVideoX's attention calls
-    SDPA itself). ``scripts/bench_gpu.py`` times the backends, so the rule can be re-checked on
+    sm90 GPU in bf16/fp16 for families whose adapter allows it (``flash3_auto``: Wan) when
+    installed, one process only (diffusers' FA3 backend takes no attention mask, which HunyuanVideo
+    needs, nor context parallelism; CogVideoX's attention calls SDPA itself). ``scripts/bench_gpu.py``
+    times the backends, so the rule can be re-checked on
     each card. Never chosen automatically: SageAttention (quantises Q.K to int8: not exact),
     flash-attn 2 and xformers (the same class of kernel as SDPA's flash, measured slower).
     """
-    if device != "cuda" or family != "wan" or int(os.environ.get("WORLD_SIZE", "1")) > 1:
+    if device != "cuda" or family is None or not family.flash3_auto or int(os.environ.get("WORLD_SIZE", "1")) > 1:
         return None
     if dtype not in (torch.bfloat16, torch.float16) or not flash_attention_3_available():
         return None
@@ -81,7 +82,7 @@ def flash_attention_3_available() -> bool:
     return is_flash_attn_3_available() and importlib.util.find_spec("flash_attn_interface") is not None
 
 
-def check_attention(attention: str, device: str, family: str | None = None,
+def check_attention(attention: str, device: str, family: FamilyAdapter | None = None,
                     dtype: torch.dtype | None = None) -> str | None:
     """The diffusers backend to set, or None for diffusers' default (SDPA); refuses what can't run."""
     if attention == "auto":
@@ -93,8 +94,8 @@ def check_attention(attention: str, device: str, family: str | None = None,
         raise UsageError(f"--attention {attention} needs the '{package}' package: {_EXTRA[package]}")
     if package and device != "cuda":
         raise UsageError(f"--attention {attention} needs a CUDA device (use sdpa on {device})")
-    if package and family == "hunyuan":
-        raise UsageError(f"--attention {attention} takes no attention mask, which HunyuanVideo needs (use sdpa)")
+    if package and family is not None and family.needs_attention_mask:
+        raise UsageError(f"--attention {attention} takes no attention mask, which {family.name} needs (use sdpa)")
     return backend
 
 
@@ -132,11 +133,11 @@ def load_pipeline(model: ResolvedModel, opts: LoadOptions):
     quiet_libraries()
     device = pick_device(opts.device)
     dtype = pick_dtype(opts.dtype, device)
-    backend = check_attention(opts.attention, device, model.family.name, dtype)
+    backend = check_attention(opts.attention, device, model.family, dtype)
     check_offload(opts, device)
-    cls = getattr(diffusers, model.family.pipeline_class)
-    # Wan's VAE is numerically fragile in half precision; the reference code keeps it in fp32.
-    dtypes = {"default": dtype, "vae": torch.float32} if model.family.name == "wan" else dtype
+    cls = getattr(diffusers, model.pipeline_class)
+    # some VAEs (Wan's) are numerically fragile in half precision; the reference code keeps them in fp32
+    dtypes = {"default": dtype, "vae": torch.float32} if model.family.vae_fp32 else dtype
     kwargs = {"dtype": dtypes, "use_safetensors": True}
     local_first = not model.is_local and os.environ.get("HF_HUB_OFFLINE") != "1"
     try:

@@ -53,7 +53,7 @@ ALIASES = {"diffusers-fbcache": "fbcache", "diffusers-taylorseer": "taylorseer",
 class ModelShape:
     """What the estimate needs to know about a transformer and its pipeline's VAE."""
 
-    family: str  # "wan", "cogvideox", "hunyuan"
+    family: str  # the adapter's name (vidcache.models): what the estimate asks about the family
     hidden: int  # inner width of the blocks (heads x head dim)
     blocks: int  # blocks in the stack (all block lists)
     two_stream_blocks: int  # blocks whose output carries the text stream too (CogVideoX, HunyuanVideo)
@@ -65,9 +65,10 @@ class ModelShape:
     bytes_per_element: int  # the transformer's dtype
 
     @property
-    def joint_attention(self) -> bool:
-        """Self-attention output covers text tokens too (CogVideoX, HunyuanVideo)."""
-        return self.family in ("cogvideox", "hunyuan")
+    def adapter(self):
+        from .models import adapter_named
+
+        return adapter_named(self.family)
 
 
 @dataclass(frozen=True)
@@ -91,24 +92,26 @@ def latent_elements(model: ModelShape, job: JobShape) -> int:
 
 
 def cfg_rows(model: ModelShape, job: JobShape) -> int:
-    return 2 if job.cfg and model.family != "hunyuan" else 1
+    return 2 if job.cfg and model.adapter.cfg_layout != "distilled" else 1
 
 
 def estimate_cache_bytes(method: str, params: dict[str, Any], model: ModelShape, job: JobShape) -> int | None:
     """Bytes ``method`` will hold for ``job`` on ``model`` (module docstring); None for a method this
     module does not know (no estimate, no refusal). ``params`` are the method's effective parameters."""
     method = ALIASES.get(method, method)
+    fam = model.adapter
     b = model.bytes_per_element
     tokens, text = video_tokens(model, job), job.text_len
     v = tokens * model.hidden * b  # one full hidden-state tensor, video tokens
-    t = text * model.hidden * b if model.family != "wan" else 0  # the text stream next to it
-    self_out = v + (t if model.joint_attention else 0)
-    stack = v + (t if model.family == "cogvideox" else 0)  # TeaCache-style stack residual
+    t = text * model.hidden * b if fam.text_stream_blocks else 0  # the text stream next to it
+    self_out = v + (t if fam.joint_attention else 0)
+    stack = v + (t if fam.text_residual else 0)  # TeaCache-style stack residual
     rows = cfg_rows(model, job)
-    cfg_pair = rows == 2 and model.family in ("wan", "cogvideox")
+    cfg_pair = rows == 2  # two CFG rows (separate forwards or one batched forward)
     latent = latent_elements(model, job)
-    # the fp32 uncond - cond delta of the latent output; Wan also keeps cond's output for the uncond forward
-    cfg_cache = latent * 4 + (latent * b if model.family == "wan" else 0)
+    # the fp32 uncond - cond delta of the latent output; with separate CFG forwards (Wan) cond's output
+    # is kept too, for the uncond forward
+    cfg_cache = latent * 4 + (latent * b if fam.cfg_layout == "separate" else 0)
 
     def block_out(i: int) -> int:
         return v + (t if i < model.two_stream_blocks else 0)
@@ -121,8 +124,8 @@ def estimate_cache_bytes(method: str, params: dict[str, Any], model: ModelShape,
     if method == "fastercache":
         extra = cfg_cache if cfg_pair and params.get("cfg_cache", True) else 0
         return rows * 2 * n_self * self_out + extra
-    if method == "teacache":  # HunyuanVideo's indicator is block 0's modulated input, kept in fp32
-        return rows * (stack + (tokens * model.hidden * 4 if model.family == "hunyuan" else 0))
+    if method == "teacache":  # a content indicator (block 0's modulated input) is kept in fp32
+        return rows * (stack + (tokens * model.hidden * 4 if not fam.teacache.timestep_only else 0))
     if method == "adacache":  # the metric residual is kept in the model's dtype (cast to fp32 when read)
         return rows * (stack + v)
     if method == "mixcache":
@@ -149,26 +152,22 @@ def estimate_cache_bytes(method: str, params: dict[str, Any], model: ModelShape,
 
 def model_shape(pipe: Any, transformer: torch.nn.Module | None = None) -> ModelShape:
     """The ModelShape of a loaded Wan, CogVideoX or HunyuanVideo pipeline (its first transformer)."""
-    from .caches.base import layout_of
+    from .models import adapter_of
+    from .models.geometry import patch_sizes
 
     tr = transformer if transformer is not None else pipe.transformer
-    layout = layout_of(tr)
+    layout = adapter_of(tr)
     cfg = tr.config
-    patch = cfg.patch_size
-    if isinstance(patch, (list, tuple)):
-        pt, ph, pw = (int(p) for p in patch)
-    else:
-        pt, ph, pw = int(getattr(cfg, "patch_size_t", None) or 1), int(patch), int(patch)
+    pt, ph, pw = patch_sizes(cfg)
     kinds: dict[str, int] = {}
     for _, _, kind in layout.attention_modules(tr):
         kinds[kind] = kinds.get(kind, 0) + 1
-    # CogVideoX's and HunyuanVideo's blocks (single-stream ones included) return both streams
-    two_stream = len(layout.blocks(tr)) if layout.family in ("cogvideox", "hunyuan") else 0
     blocks = layout.blocks(tr)
+    two_stream = len(blocks) if layout.text_stream_blocks else 0  # blocks returning both streams
     # the dtype of the blocks' largest weight (Wan keeps a few small modules in fp32)
     dtype = max(blocks[0][1].parameters(), key=lambda p: p.numel()).dtype
     return ModelShape(
-        family=layout.family,
+        family=layout.name,
         hidden=int(cfg.num_attention_heads * cfg.attention_head_dim),
         blocks=len(blocks),
         two_stream_blocks=two_stream,
@@ -183,8 +182,11 @@ def model_shape(pipe: Any, transformer: torch.nn.Module | None = None) -> ModelS
 
 def job_shape(job: Any, family: str) -> JobShape:
     """A JobShape from a ``vidcache.jobs.Job`` (or anything with the same fields)."""
+    from .models import adapter_named
+
+    distilled = adapter_named(family).cfg_layout == "distilled"
     return JobShape(int(job.frames), int(job.height), int(job.width), int(job.text_len),
-                    cfg=family != "hunyuan" and float(job.guidance) > 1.0)
+                    cfg=not distilled and float(job.guidance) > 1.0)
 
 
 def weights_bytes(module: torch.nn.Module) -> int:

@@ -6,18 +6,13 @@ but only for models that declare a ``_cp_plan`` whose attention goes through
 ``dispatch_attention_fn``. Of vidcache's three families only Wan does. This module supplies the
 rest, without copying diffusers' model code:
 
-* **HunyuanVideo**: a plan that splits the video tokens (the patch embedder's output and the RoPE
-  table) and gathers ``proj_out``. The text tokens are *not* split: every rank keeps all of them and
-  appends them to its video shard, as the model does. After Ulysses' all-to-all (or along the ring)
-  each text key would then be seen once per rank, which changes the softmax; a hook on every block
-  rewrites the model's attention mask so that each text key counts exactly once (a boolean mask
-  under Ulysses: only Ulysses rank 0's copy is visible, exact; an additive ``-log(ring)`` bias under
-  ring attention, exact up to rounding). Padded text tokens stay masked.
-* **CogVideoX**: its attention processor calls ``F.scaled_dot_product_attention`` itself, so
-  context parallelism never reaches it. ``CogVideoXAttnProcessorCP`` computes the same thing
-  through ``dispatch_attention_fn``. The joint [text, video] sequence is split into contiguous
-  equal shares (``CogVideoXSplitHooks``; why not a ``_cp_plan`` is explained there): the keys stay
-  in the model's order, so the result matches one process, and no attention mask is needed.
+* **The families' pieces** live in their adapters (``vidcache.models``): a ``_cp_plan`` for a
+  model that has none (HunyuanVideo: split the video tokens, keep the text whole on every rank and
+  rewrite the attention mask so each text key counts once, ``models/hunyuan_cp.py``), attention
+  processors that reach diffusers' dispatcher and a split of the joint [text, video] sequence
+  (CogVideoX, ``models/cogvideox_cp.py``), and the facts validation needs (whether the text is
+  part of the split sequence, whether attention needs a mask). This module asks the adapter and
+  never compares a family name.
 * **CFG parallelism** (``--cfg-parallel``): half the ranks compute the conditional branch, half the
   unconditional, and they exchange the noise predictions. diffusers 0.42.1 has no CFG parallelism
   (a TODO in ``_modeling_parallel.py``), so ``CFGParallelHook`` does it from outside the model.
@@ -29,7 +24,7 @@ the ranks that see the same branch (all ranks, except under CFG parallelism on W
 uncond ranks decide separately, as one process would per branch).
 
 Validation needs no weights: ``plan_parallel`` reads the model's ``transformer/config.json`` (or
-knows the shipped models' numbers) and refuses bad splits with one line saying what would work.
+the shipped model names' numbers, ``models.geometry``) and refuses bad splits with one line saying what would work.
 
 CPU (gloo) is supported for testing: diffusers computes ``rank % torch.accelerator.device_count()``
 while resolving the mesh, which divides by zero on a CPU-only torch; ``enable`` patches the count to
@@ -42,13 +37,11 @@ from __future__ import annotations
 import contextlib
 import inspect
 import json
-import math
 import os
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -57,10 +50,12 @@ from diffusers.hooks import HookRegistry, ModelHook
 from diffusers.hooks.hooks import BaseState, StateManager
 from diffusers.utils.torch_utils import unwrap_module
 
-from .caches.base import sample_of, with_sample
 from .errors import RankLost, UsageError
+from .models import FamilyAdapter, adapter_named
+from .models.adapter import CP_HOOK_PREFIX as HOOK_PREFIX
+from .models.geometry import Geometry, model_geometry
+from .models.layout import sample_of, with_sample
 
-HOOK_PREFIX = "vidcache_parallel."
 # How long a rank whose video failed waits for the others to reach the same point (seconds).
 OUTCOME_WAIT_S = float(os.environ.get("VIDCACHE_RANK_WAIT_S", "60"))
 # --attention values that return the log-sum-exp ring attention needs; auto / sdpa become cuDNN.
@@ -122,77 +117,6 @@ def is_main() -> bool:
 
 
 # --------------------------------------------------------------------------------------------
-# Model numbers, read without loading weights
-# --------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Geometry:
-    """What decides how a model's sequence can be split."""
-
-    heads: int | None
-    patch_t: int
-    patch: int
-    t_comp: int = 4
-    s_comp: int = 8
-
-    def video_grid(self, frames: int, height: int, width: int) -> tuple[int, int, int]:
-        latent_f = (frames - 1) // self.t_comp + 1
-        return (math.ceil(latent_f / self.patch_t), height // (self.s_comp * self.patch),
-                width // (self.s_comp * self.patch))
-
-
-# The shipped models' transformer numbers (from their transformer/config.json), used when the
-# config is not on disk yet: validation must not need a download.
-KNOWN_GEOMETRY: dict[str, Geometry] = {
-    "wan": Geometry(12, 1, 2),
-    "wan-14b": Geometry(40, 1, 2),
-    "wan2.2-ti2v-5b": Geometry(24, 1, 2, s_comp=16),
-    "wan2.2-t2v-a14b": Geometry(40, 1, 2),
-    "hunyuan": Geometry(24, 1, 2),
-    "cogvideox": Geometry(30, 1, 2),
-    "cogvideox-5b": Geometry(48, 1, 2),
-}
-
-
-def _read_json(path: Path) -> dict | None:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-
-
-def _config_file(source: str, name: str, is_local: bool) -> dict | None:
-    if is_local:
-        return _read_json(Path(source) / name)
-    try:
-        from huggingface_hub import hf_hub_download
-
-        return _read_json(Path(hf_hub_download(source, name, local_files_only=True)))
-    except Exception:  # noqa: BLE001 - not cached: fall back to the known numbers
-        return None
-
-
-def model_geometry(model: Any) -> Geometry | None:
-    """Heads, patch sizes and VAE compression of a resolved model, from its configs or known numbers."""
-    tr = _config_file(model.source, "transformer/config.json", model.is_local)
-    known = KNOWN_GEOMETRY.get(model.known.name) if model.known else None
-    if tr is None:
-        return known
-    patch = tr.get("patch_size", 2)
-    if isinstance(patch, (list, tuple)):  # Wan: (t, h, w)
-        patch_t, patch = int(patch[0]), int(patch[-1])
-    else:
-        patch_t = int(tr.get("patch_size_t") or 1)
-    vae = _config_file(model.source, "vae/config.json", model.is_local) or {}
-    t_comp = vae.get("scale_factor_temporal") or vae.get("temporal_compression_ratio") or 4
-    s_comp = vae.get("scale_factor_spatial") or vae.get("spatial_compression_ratio")
-    if s_comp is None and vae.get("block_out_channels"):  # CogVideoX: one downsample per level but the last
-        s_comp = 2 ** (len(vae["block_out_channels"]) - 1)
-    return Geometry(tr.get("num_attention_heads"), patch_t, int(patch), int(t_comp), int(s_comp or 8))
-
-
-# --------------------------------------------------------------------------------------------
 # Validation, before any weight is read
 # --------------------------------------------------------------------------------------------
 
@@ -201,7 +125,7 @@ def _divisors(n: int) -> list[int]:
     return [d for d in range(2, n + 1) if n % d == 0]
 
 
-def _fits(p: int, ulysses: int, geo: Geometry | None, jobs: list[Any], family: str) -> str | None:
+def _fits(p: int, ulysses: int, geo: Geometry | None, jobs: list[Any], family: FamilyAdapter) -> str | None:
     """Why sequence-parallel degree ``p`` (Ulysses part ``ulysses``) cannot run these jobs; None if it can."""
     if p == 1:
         return None
@@ -212,16 +136,17 @@ def _fits(p: int, ulysses: int, geo: Geometry | None, jobs: list[Any], family: s
         if not grid:
             continue
         f, h, w = grid
-        if family == "cogvideox" and (f * h * w + job.text_len) % p:  # the joint sequence is split
+        if family.cp_joint_sequence and (f * h * w + job.text_len) % p:  # the joint sequence is split
             return (f"job {job.name}: {job.text_len} text + {f}x{h}x{w} = {f * h * w} video tokens make "
                     f"{f * h * w + job.text_len}, not divisible by ulysses x ring = {p}")
-        if family != "cogvideox" and (f * h * w) % p:
+        if not family.cp_joint_sequence and (f * h * w) % p:
             return (f"job {job.name}: {job.frames}x{job.height}x{job.width} makes {f}x{h}x{w} = {f * h * w} "
                     f"video tokens, not divisible by ulysses x ring = {p}")
     return None
 
 
-def _options(world: int, cfg: int, geo: Geometry | None, jobs: list[Any], family: str, cpu: bool) -> list[str]:
+def _options(world: int, cfg: int, geo: Geometry | None, jobs: list[Any], family: FamilyAdapter,
+             cpu: bool) -> list[str]:
     options = []
     for c in ((2, 1) if cfg == 2 else (1,)):
         if world % c:
@@ -238,7 +163,7 @@ def _options(world: int, cfg: int, geo: Geometry | None, jobs: list[Any], family
     return list(dict.fromkeys(options))
 
 
-def _suggest(world: int, cfg: int, geo: Geometry | None, jobs: list[Any], family: str, cpu: bool) -> str:
+def _suggest(world: int, cfg: int, geo: Geometry | None, jobs: list[Any], family: FamilyAdapter, cpu: bool) -> str:
     """What would work with ``world`` processes, as flags; else which process counts would."""
     options = _options(world, cfg, geo, jobs, family, cpu)
     if options:
@@ -286,7 +211,7 @@ def plan_parallel(opts: ParallelOptions, model: Any, jobs: list[Any], device: st
     if ring is None and ulysses and world % (cfg * ulysses) == 0:
         ring = world // (cfg * ulysses)
     ulysses, ring = ulysses or 1, ring or 1
-    hint = _suggest(world, cfg, geo, jobs, fam.name, cpu)
+    hint = _suggest(world, cfg, geo, jobs, fam, cpu)
     if ulysses * ring * cfg != world:
         raise UsageError(f"world size {world} != ulysses {ulysses} x ring {ring} x cfg {cfg} = "
                          f"{ulysses * ring * cfg}; {hint}")
@@ -296,10 +221,10 @@ def plan_parallel(opts: ParallelOptions, model: Any, jobs: list[Any], device: st
     if attention not in CP_BACKENDS:
         raise UsageError(f"--attention {attention}: diffusers has no context parallel support for it; "
                          "use sdpa, flash or sage")
-    if ring > 1 and fam.name == "hunyuan" and attention in ("flash", "sage"):
-        raise UsageError(f"--attention {attention} takes no attention mask, which HunyuanVideo needs; "
+    if ring > 1 and fam.needs_attention_mask and attention in ("flash", "sage"):
+        raise UsageError(f"--attention {attention} takes no attention mask, which {fam.name} needs; "
                          "use --attention sdpa (cuDNN under ring attention)")
-    why = _fits(ulysses * ring, ulysses, geo, jobs, fam.name)
+    why = _fits(ulysses * ring, ulysses, geo, jobs, fam)
     if why:
         raise UsageError(f"cannot split {model.name} {ulysses * ring} ways: {why}; {hint}")
     return ParallelPlan(world, ulysses, ring, cfg, fam.name, fam.cfg_layout, attention)
@@ -310,255 +235,9 @@ def plan_parallel(opts: ParallelOptions, model: Any, jobs: list[Any], device: st
 # --------------------------------------------------------------------------------------------
 
 
-def hunyuan_video_cp_plan() -> dict[str, Any]:
-    """Split the video tokens where they are made, gather them at ``proj_out``; text stays whole."""
-    from diffusers.models._modeling_parallel import ContextParallelInput, ContextParallelOutput
-
-    return {
-        "x_embedder": {0: ContextParallelInput(split_dim=1, expected_dims=3, split_output=True)},
-        "rope": {
-            0: ContextParallelInput(split_dim=0, expected_dims=2, split_output=True),
-            1: ContextParallelInput(split_dim=0, expected_dims=2, split_output=True),
-        },
-        "proj_out": ContextParallelOutput(gather_dim=1, expected_dims=3),
-    }
-
-
-@dataclass(frozen=True)
-class JointShare:
-    """One rank's contiguous share of a joint [text, video] sequence split ``parts`` ways."""
-
-    n_text: int
-    n_video: int
-    parts: int
-    index: int
-
-    @property
-    def size(self) -> int:
-        return (self.n_text + self.n_video) // self.parts
-
-    def text(self, index: int | None = None) -> tuple[int, int]:
-        lo = (self.index if index is None else index) * self.size
-        return min(lo, self.n_text), min(lo + self.size, self.n_text)
-
-    def video(self, index: int | None = None) -> tuple[int, int]:
-        lo = (self.index if index is None else index) * self.size
-        return max(lo - self.n_text, 0), max(lo + self.size - self.n_text, 0)
-
-
-class CogVideoXSplitHooks:
-    """CogVideoX's sequence split, as three hooks sharing one ``JointShare`` per forward.
-
-    Why not a ``_cp_plan``: diffusers' plans split each tensor into equal chunks, but CogVideoX's
-    blocks take the text and the video as two tensors and attend over their concatenation. Equal
-    chunks of each put the keys in the order [text_0, video_0, text_1, video_1] after Ulysses'
-    all-to-all (a permutation: same attention, other rounding) and need the degree to divide the
-    226 text tokens, that is 2. Splitting the *joint* sequence into contiguous equal chunks instead
-    (rank 0: all text and the first video tokens; later ranks: video only) keeps the keys in the
-    model's own order, so the result matches one process exactly, and only the joint length
-    (226 + video tokens) must divide by the degree. A rank may hold no text: the blocks handle
-    an empty text stream.
-
-    * on the transformer: read the lengths, slice the RoPE table to this rank's video tokens;
-    * on ``transformer_blocks.0``: slice both streams to this rank's share;
-    * on ``proj_out``: all-gather the video tokens (padded to one size) back into order.
-    """
-
-    def __init__(self, transformer: torch.nn.Module, parts: int, index: int, group: Any) -> None:
-        self.parts, self.index, self.group = parts, index, group
-        config = transformer.config
-        self.patch, self.patch_t = config.patch_size, config.patch_size_t or 1
-        self.share: JointShare | None = None
-        self.top, self.first, self.last = _TopSplit(self), _FirstBlockSplit(self), _OutputGather(self)
-
-    def register(self, transformer: torch.nn.Module) -> None:
-        for module, hook, name in ((transformer, self.top, "joint_split"),
-                                   (transformer.transformer_blocks[0], self.first, "joint_split"),
-                                   (transformer.proj_out, self.last, "joint_gather")):
-            HookRegistry.check_if_exists_or_initialize(module).register_hook(hook, HOOK_PREFIX + name)
-        HookRegistry.check_if_exists_or_initialize(transformer).invalidate_child_registries_cache()
-
-
-def _get(name: str, index: int, args: list, kwargs: dict) -> Any:
-    return kwargs[name] if name in kwargs else (args[index] if index < len(args) else None)
-
-
-def _put(name: str, index: int, value: Any, args: list, kwargs: dict) -> None:
-    if name in kwargs or index >= len(args):
-        kwargs[name] = value
-    else:
-        args[index] = value
-
-
-class _TopSplit(ModelHook):
-    # CogVideoXTransformer3DModel.forward(hidden_states, encoder_hidden_states, timestep, timestep_cond,
-    #                                     ofs, image_rotary_emb, ...)
-    def __init__(self, owner: CogVideoXSplitHooks) -> None:
-        super().__init__()
-        self.owner = owner
-
-    def pre_forward(self, module: torch.nn.Module, *args: Any, **kwargs: Any) -> tuple[tuple, dict]:
-        o, args = self.owner, list(args)
-        hidden = _get("hidden_states", 0, args, kwargs)
-        text = _get("encoder_hidden_states", 1, args, kwargs)
-        _, frames, _, height, width = hidden.shape
-        n_video = math.ceil(frames / o.patch_t) * (height // o.patch) * (width // o.patch)
-        o.share = JointShare(text.shape[1], n_video, o.parts, o.index)
-        rope = _get("image_rotary_emb", 5, args, kwargs)
-        if rope is not None:
-            lo, hi = o.share.video()
-            _put("image_rotary_emb", 5, tuple(f[lo:hi] for f in rope), args, kwargs)
-        return tuple(args), kwargs
-
-
-class _FirstBlockSplit(ModelHook):
-    # CogVideoXBlock.forward(hidden_states, encoder_hidden_states, temb, image_rotary_emb, ...)
-    def __init__(self, owner: CogVideoXSplitHooks) -> None:
-        super().__init__()
-        self.owner = owner
-
-    def pre_forward(self, module: torch.nn.Module, *args: Any, **kwargs: Any) -> tuple[tuple, dict]:
-        share, args = self.owner.share, list(args)
-        hidden = _get("hidden_states", 0, args, kwargs)
-        text = _get("encoder_hidden_states", 1, args, kwargs)
-        if hidden.shape[1] != share.n_video or text.shape[1] != share.n_text:
-            raise RuntimeError("CogVideoX context parallelism: the first block got an unexpected sequence")
-        (vlo, vhi), (tlo, thi) = share.video(), share.text()
-        _put("hidden_states", 0, hidden[:, vlo:vhi], args, kwargs)
-        _put("encoder_hidden_states", 1, text[:, tlo:thi], args, kwargs)
-        return tuple(args), kwargs
-
-
-class _OutputGather(ModelHook):
-    def __init__(self, owner: CogVideoXSplitHooks) -> None:
-        super().__init__()
-        self.owner = owner
-
-    def post_forward(self, module: torch.nn.Module, output: torch.Tensor) -> torch.Tensor:
-        o, share = self.owner, self.owner.share
-        sizes = [hi - lo for lo, hi in (share.video(i) for i in range(o.parts))]
-        longest = max(sizes)
-        padded = output.new_zeros(output.shape[0], longest, *output.shape[2:])
-        padded[:, : output.shape[1]] = output
-        parts = [torch.empty_like(padded) for _ in sizes]
-        dist.all_gather(parts, padded.contiguous(), group=o.group)
-        return torch.cat([p[:, :n] for p, n in zip(parts, sizes)], dim=1)
-
-
-class CogVideoXAttnProcessorCP:
-    """``CogVideoXAttnProcessor2_0``'s computation through diffusers' ``dispatch_attention_fn``.
-
-    Same projections, QK norms, RoPE on the video part and output projection, in diffusers'
-    (batch, sequence, heads, head_dim) layout, so that the attention backend and context
-    parallelism configured on the model take effect.
-    """
-
-    _attention_backend = None
-    _parallel_config = None
-
-    def __call__(
-        self,
-        attn: torch.nn.Module,
-        hidden_states: torch.Tensor,
-        encoder_hidden_states: torch.Tensor,
-        attention_mask: torch.Tensor | None = None,
-        image_rotary_emb: tuple[torch.Tensor, torch.Tensor] | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        from diffusers.models.attention_dispatch import dispatch_attention_fn
-        from diffusers.models.embeddings import apply_rotary_emb
-
-        text_seq_length = encoder_hidden_states.size(1)
-        hidden_states = torch.cat([encoder_hidden_states, hidden_states], dim=1)
-        batch_size, sequence_length, _ = hidden_states.shape
-        if attention_mask is not None:
-            attention_mask = attn.prepare_attention_mask(attention_mask, sequence_length, batch_size)
-            attention_mask = attention_mask.view(batch_size, attn.heads, -1, attention_mask.shape[-1])
-
-        query = attn.to_q(hidden_states).unflatten(2, (attn.heads, -1))
-        key = attn.to_k(hidden_states).unflatten(2, (attn.heads, -1))
-        value = attn.to_v(hidden_states).unflatten(2, (attn.heads, -1))
-        if attn.norm_q is not None:
-            query = attn.norm_q(query)
-        if attn.norm_k is not None:
-            key = attn.norm_k(key)
-        if image_rotary_emb is not None and sequence_length > text_seq_length:  # a rank may hold no video
-            query = torch.cat([query[:, :text_seq_length],
-                               apply_rotary_emb(query[:, text_seq_length:], image_rotary_emb, sequence_dim=1)], dim=1)
-            if not attn.is_cross_attention:
-                key = torch.cat([key[:, :text_seq_length],
-                                 apply_rotary_emb(key[:, text_seq_length:], image_rotary_emb, sequence_dim=1)], dim=1)
-
-        hidden_states = dispatch_attention_fn(
-            query, key, value, attn_mask=attention_mask, dropout_p=0.0, is_causal=False,
-            backend=self._attention_backend, parallel_config=self._parallel_config,
-        )
-        hidden_states = hidden_states.flatten(2, 3).to(query.dtype)
-        hidden_states = attn.to_out[0](hidden_states)
-        hidden_states = attn.to_out[1](hidden_states)
-        encoder_hidden_states, hidden_states = hidden_states.split(
-            [text_seq_length, hidden_states.size(1) - text_seq_length], dim=1
-        )
-        return hidden_states, encoder_hidden_states
-
-
-def joint_text_mask(mask: torch.Tensor, text_len: int, ulysses: int, ring: int, dtype: torch.dtype) -> torch.Tensor:
-    """The key mask for a local sequence [video shard, all text tokens] seen by every rank.
-
-    ``mask`` is the model's own boolean mask over the local keys (shape ``[B, 1, 1, L]``, text last).
-    The result covers the keys one attention call sees after Ulysses' all-to-all: ``ulysses``
-    copies of the local layout, one per Ulysses rank (diffusers uses a mask of that length as is).
-    Only the first copy's text keys stay visible. Under ring attention the same mask is applied to
-    every rank's key chunk, so the text is visible in ``ring`` chunks: an additive ``-log(ring)``
-    on its logits makes the ``ring`` copies weigh exactly one. Video keys are never masked.
-    """
-    video, text = mask[..., :-text_len], mask[..., -text_len:]
-    hidden = torch.zeros_like(text)
-    full = torch.cat([video, text] + [video, hidden] * (ulysses - 1), dim=-1)
-    if ring == 1:
-        return full
-    bias = torch.zeros(full.shape, dtype=dtype, device=mask.device)
-    bias = bias.masked_fill(~full, torch.finfo(dtype).min)
-    bias[..., video.shape[-1]:mask.shape[-1]] += torch.where(text, -math.log(ring), 0.0).to(dtype)
-    return bias
-
-
-class JointTextMaskHook(ModelHook):
-    """On each HunyuanVideo block: replace the model's attention mask with ``joint_text_mask``.
-
-    All blocks of one forward get the same mask tensor; the rewritten mask is kept (in ``memo``,
-    shared by the blocks' hooks) for that tensor, so it is built once per forward.
-    """
-
-    def __init__(self, ulysses: int, ring: int, memo: dict[str, Any]) -> None:
-        super().__init__()
-        self.ulysses, self.ring, self.memo = ulysses, ring, memo
-
-    def pre_forward(self, module: torch.nn.Module, *args: Any, **kwargs: Any) -> tuple[tuple, dict]:
-        # HunyuanVideo blocks: (hidden_states, encoder_hidden_states, temb, attention_mask, ...)
-        args = list(args)
-        in_kwargs = "attention_mask" in kwargs
-        mask = kwargs["attention_mask"] if in_kwargs else (args[3] if len(args) > 3 else None)
-        text = kwargs.get("encoder_hidden_states", args[1] if len(args) > 1 else None)
-        hidden = kwargs.get("hidden_states", args[0] if args else None)
-        if mask is None or text is None or mask.dtype != torch.bool:
-            return tuple(args), kwargs
-        if self.memo.get("source") is not mask:
-            flat = mask.reshape(mask.shape[0], 1, 1, mask.shape[-1])
-            self.memo["source"] = mask
-            self.memo["mask"] = joint_text_mask(flat, text.shape[1], self.ulysses, self.ring, hidden.dtype)
-        if in_kwargs:
-            kwargs["attention_mask"] = self.memo["mask"]
-        else:
-            args[3] = self.memo["mask"]
-        return tuple(args), kwargs
-
-
 # --------------------------------------------------------------------------------------------
 # CFG parallelism
 # --------------------------------------------------------------------------------------------
-
-_COGVIDEOX_BATCHED = ("hidden_states", "encoder_hidden_states", "timestep", "timestep_cond", "ofs")
-
 
 class _NoState(BaseState):
     def reset(self, *args: Any, **kwargs: Any) -> None:
@@ -581,10 +260,11 @@ class CFGParallelHook(ModelHook):
 
     _is_stateful = True
 
-    def __init__(self, transformer: torch.nn.Module, layout: str, group: Any, index: int,
+    def __init__(self, transformer: torch.nn.Module, family: FamilyAdapter, group: Any, index: int,
                  cfg_active: Callable[[], bool | None]) -> None:
         super().__init__()
-        self.layout, self.group, self.index, self.cfg_active = layout, group, index, cfg_active
+        self.layout, self.group, self.index, self.cfg_active = family.cfg_layout, group, index, cfg_active
+        self.batched_inputs = family.batched_inputs
         self.names = list(inspect.signature(type(unwrap_module(transformer)).forward).parameters)[1:]
         self.out_channels = getattr(transformer.config, "out_channels", None)
         self.contexts = StateManager(_NoState)  # diffusers sets the pipeline's cache_context on it
@@ -644,7 +324,7 @@ class CFGParallelHook(ModelHook):
         if hidden is None or hidden.shape[0] % size:
             return forward(*args, **kwargs)
         args, kwargs = list(args), dict(kwargs)
-        for name in _COGVIDEOX_BATCHED:
+        for name in self.batched_inputs:
             value = self._arg(name, args, kwargs)
             if not torch.is_tensor(value) or value.ndim == 0 or value.shape[0] != hidden.shape[0]:
                 continue
@@ -753,34 +433,21 @@ class ParallelRun:
                 self._enable_cp(tr, ContextParallelConfig(ring_degree=plan.ring, ulysses_degree=plan.ulysses,
                                                           mesh=self.mesh))
             if plan.cfg > 1:
-                hook = CFGParallelHook(tr, plan.cfg_layout, self.cfg_group, self.cfg_index, cfg_active)
+                hook = CFGParallelHook(tr, adapter_named(plan.family), self.cfg_group, self.cfg_index, cfg_active)
                 HookRegistry.check_if_exists_or_initialize(tr).register_hook(hook, HOOK_PREFIX + "cfg")
         self.enabled = True
 
     def _enable_cp(self, tr: torch.nn.Module, config: Any) -> None:
+        """diffusers' context parallelism, with what the family's adapter adds around it (a plan for a
+        model without one, its own attention processors, split and mask hooks)."""
         plan = self.plan
-        cp_plan = None
-        if plan.family == "cogvideox":
-            for module in tr.modules():
-                if type(getattr(module, "processor", None)).__name__ == "CogVideoXAttnProcessor2_0":
-                    module.set_processor(CogVideoXAttnProcessorCP())
-            cp_plan = {}  # the split is CogVideoXSplitHooks', registered below
-        elif plan.family == "hunyuan":
-            cp_plan = hunyuan_video_cp_plan()
+        family = adapter_named(plan.family)
+        family.prepare_cp(tr)
         if plan.ring > 1:
             tr.set_attention_backend(RING_BACKENDS[plan.attention])
         with _accelerator_count_on_cpu():
-            tr.enable_parallelism(config=config, cp_plan=cp_plan)
-        if plan.family == "cogvideox":
-            group = config._flattened_mesh.get_group()  # set up by enable_parallelism
-            CogVideoXSplitHooks(tr, plan.cp, dist.get_rank(group), group).register(tr)
-        if plan.family == "hunyuan":
-            memo: dict[str, Any] = {}
-            for name in ("transformer_blocks", "single_transformer_blocks"):
-                for block in getattr(tr, name):
-                    HookRegistry.check_if_exists_or_initialize(block).register_hook(
-                        JointTextMaskHook(plan.ulysses, plan.ring, memo), HOOK_PREFIX + "joint_text_mask")
-            HookRegistry.check_if_exists_or_initialize(tr).invalidate_child_registries_cache()
+            tr.enable_parallelism(config=config, cp_plan=family.cp_plan())
+        family.finish_cp(tr, plan, config)
 
     @staticmethod
     def _check_branch_local_caches(transformers: list[torch.nn.Module]) -> None:

@@ -60,6 +60,7 @@ from typing import Any
 
 import torch
 
+from ..models.geometry import patch_sizes
 from . import base
 from .teacache import TeaCacheBlockHook, TeaCacheConfig, TeaCacheState
 
@@ -310,23 +311,14 @@ class AdaCacheForwardHook(base.TransformerHook):
         self.schedule(state.info.num_steps)  # params show the codebook in force from step 0 on
         hidden = self.arg("hidden_states", args, kwargs)
         state.frame_tokens, state.frames = None, 0
-        if torch.is_tensor(hidden) and hidden.ndim == 5:  # [B, C, F, H, W]; CogVideoX [B, F, C, H, W]
-            frames = hidden.shape[1] if self.layout.family == "cogvideox" else hidden.shape[2]
+        if torch.is_tensor(hidden) and hidden.ndim == 5:  # [B, C, F, H, W], or as the adapter says
+            frames = hidden.shape[self.layout.frame_dim]
             state.frames = math.ceil(frames / self.patch[0])
             state.frame_tokens = (hidden.shape[-2] // self.patch[1]) * (hidden.shape[-1] // self.patch[2])
         return self.fn_ref.original_forward(*args, **kwargs)
 
     def never_fired_hint(self) -> str:
         return "every measured distance fell in a codebook entry of 1 step, or the run is too short"
-
-
-def _patch(transformer: torch.nn.Module) -> tuple[int, int, int]:
-    """(temporal, height, width) patch sizes of the transformer's patch embedding."""
-    cfg = transformer.config
-    p = cfg.patch_size
-    if isinstance(p, (list, tuple)):
-        return int(p[0]), int(p[-2]), int(p[-1])
-    return int(getattr(cfg, "patch_size_t", None) or 1), int(p), int(p)
 
 
 def apply_adacache(
@@ -348,7 +340,7 @@ def apply_adacache(
     params["metric_block"] = metric
     top = AdaCacheForwardHook(
         "adacache", states, layout, transformer, params, pipeline,
-        config=config, patch=_patch(transformer),
+        config=config, patch=patch_sizes(transformer.config),
     )
     never = TeaCacheConfig(thresh=0.0)  # TeaCache's own rule is not used; only its skip machinery
     for i, (key, block) in enumerate(blocks):
@@ -358,7 +350,7 @@ def apply_adacache(
             never,
             head=i == 0,
             tail=i == len(blocks) - 1,
-            text_residual=layout.family == "cogvideox",
+            text_residual=layout.text_residual,
             indicator_from_norm1=False,
             ada=config,
             top=top,

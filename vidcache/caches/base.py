@@ -61,10 +61,14 @@ import torch
 from diffusers.hooks import HookRegistry, ModelHook
 from diffusers.hooks._helpers import TransformerBlockRegistry
 from diffusers.hooks.hooks import BaseState, CacheContext, StateManager
-from diffusers.models.modeling_outputs import Transformer2DModelOutput
 from diffusers.utils.torch_utils import unwrap_module
 
 from ..errors import UsageError
+from ..models import FamilyAdapter, adapter_of
+from ..models.layout import block_inputs, block_outputs, pack_block_output, sample_of, with_sample
+
+# the block I/O helpers the methods use through ``base``
+__all__ = ["block_inputs", "block_outputs", "pack_block_output", "sample_of", "with_sample"]
 
 HOOK_PREFIX = "vidcache."
 FORWARD_HOOK = HOOK_PREFIX + "forward"
@@ -77,102 +81,23 @@ class CacheError(UsageError, ValueError):
 
 
 # --------------------------------------------------------------------------------------------
-# Family layouts
+# Family layouts: the adapter of vidcache.models says where a family keeps what the caches touch
 # --------------------------------------------------------------------------------------------
 
-# Which attribute of a block holds which kind of attention. None of the three families has a
-# separate temporal attention: Wan and CogVideoX attend over all video tokens at once (CogVideoX
-# jointly with the text tokens), and HunyuanVideo's dual-stream and single-stream blocks run joint
-# attention over video + text tokens. All of those are "spatial" (self) attention here; Wan's
-# ``attn2`` is the only cross attention.
-_ATTENTION_ATTRS: dict[str, dict[str, str]] = {
-    "wan": {"attn1": "spatial", "attn2": "cross"},
-    "cogvideox": {"attn1": "spatial"},
-    "hunyuan": {"attn": "spatial"},
-}
-
-# Transformer inputs that are batched [uncond, cond] when CFG runs as one forward (CogVideoX).
-_BATCHED_INPUTS: dict[str, tuple[str, ...]] = {
-    "cogvideox": ("hidden_states", "encoder_hidden_states", "timestep", "timestep_cond", "ofs"),
-}
-
-
-@dataclass(frozen=True)
-class Layout:
-    """Where one family keeps what the caches touch, on top of vidcache.models' ``FamilySpec``."""
-
-    family: str
-    cfg_layout: str  # "separate" (Wan), "batched" (CogVideoX) or "distilled" (HunyuanVideo)
-    block_lists: tuple[str, ...]
-    attention_attrs: dict[str, str]
-    batched_inputs: tuple[str, ...] = ()
-
-    def blocks(self, transformer: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:
-        out = []
-        for list_name in self.block_lists:
-            for i, block in enumerate(getattr(transformer, list_name)):
-                out.append((f"{list_name}.{i}", block))
-        return out
-
-    def attention_modules(
-        self, transformer: torch.nn.Module
-    ) -> list[tuple[str, torch.nn.Module, str]]:
-        out = []
-        for block_name, block in self.blocks(transformer):
-            for attr, kind in self.attention_attrs.items():
-                module = getattr(block, attr, None)
-                if module is not None:
-                    out.append((f"{block_name}.{attr}", module, kind))
-        return out
+Layout = FamilyAdapter  # what the caches read of a family: blocks, attention kinds, CFG layout, ...
 
 
 def layout_of(transformer: torch.nn.Module) -> Layout:
-    """The layout of a Wan, CogVideoX or HunyuanVideo transformer, from its class."""
-    from ..models import FAMILIES
-
-    cls = type(unwrap_module(transformer)).__name__
-    for fam in FAMILIES.values():
-        if cls in fam.transformer_classes:
-            return Layout(
-                family=fam.name,
-                cfg_layout=fam.cfg_layout,
-                block_lists=fam.block_lists,
-                attention_attrs=_ATTENTION_ATTRS[fam.name],
-                batched_inputs=_BATCHED_INPUTS.get(fam.name, ()),
-            )
-    known = ", ".join(c for fam in FAMILIES.values() for c in fam.transformer_classes)
-    raise CacheError(f"cannot cache a {cls}: vidcache's caches support {known}")
+    """The adapter of a supported transformer; ``CacheError`` for one vidcache cannot cache."""
+    try:
+        return adapter_of(transformer)
+    except UsageError as err:
+        raise CacheError(str(err).replace("cannot run", "cannot cache", 1)) from None
 
 
 def block_metadata(block: torch.nn.Module):
     """diffusers' record of which output index holds the video / text stream of a block."""
     return TransformerBlockRegistry.get(type(unwrap_module(block)))
-
-
-def block_inputs(meta: Any, args: tuple, kwargs: dict) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """A block's video-stream input and, for dual-stream blocks, its text-stream input."""
-    hidden = meta._get_parameter_from_args_kwargs(meta.hidden_states_argument_name, args, kwargs)
-    if meta.return_encoder_hidden_states_index is None:
-        return hidden, None
-    return hidden, meta._get_parameter_from_args_kwargs(meta.encoder_hidden_states_argument_name, args, kwargs)
-
-
-def block_outputs(meta: Any, out: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """A block's video-stream output and, for dual-stream blocks, its text-stream output."""
-    if torch.is_tensor(out):
-        return out, None
-    enc_i = meta.return_encoder_hidden_states_index
-    return out[meta.return_hidden_states_index], (None if enc_i is None else out[enc_i])
-
-
-def pack_block_output(meta: Any, hidden: torch.Tensor, enc: torch.Tensor | None) -> Any:
-    """What the block itself would return for these streams (a tensor, or a tuple in its order)."""
-    if meta.return_encoder_hidden_states_index is None:
-        return hidden
-    out = [None, None]
-    out[meta.return_hidden_states_index] = hidden
-    out[meta.return_encoder_hidden_states_index] = enc
-    return tuple(out)
 
 
 # --------------------------------------------------------------------------------------------
@@ -650,22 +575,6 @@ def fit_batch(cached: Any, batch: int | None) -> Any:
         halves = tuple(t[batch:] for t in tensors)
         return halves if isinstance(cached, tuple) else halves[0]
     return None
-
-
-def with_sample(output: Any, sample: torch.Tensor, return_dict: bool = True) -> Any:
-    """A transformer output like ``output`` (or as ``return_dict`` asks), holding ``sample``."""
-    if output is None:
-        return Transformer2DModelOutput(sample=sample) if return_dict else (sample,)
-    if torch.is_tensor(output):
-        return sample
-    if isinstance(output, tuple):
-        return (sample, *output[1:])
-    output.sample = sample
-    return output
-
-
-def sample_of(output: Any) -> torch.Tensor:
-    return output if torch.is_tensor(output) else output[0]
 
 
 # --------------------------------------------------------------------------------------------

@@ -74,7 +74,6 @@ from ._partial import block_attention_kinds, mark_partial
 # re-attaches the cache for every paired run, calibrates once per loaded model, not every time)
 _CALIBRATED: weakref.WeakKeyDictionary[torch.nn.Module, list[float]] = weakref.WeakKeyDictionary()
 
-FBC_THRESHOLDS = {"wan": 0.03, "cogvideox": 0.04, "hunyuan": 0.06}
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -317,7 +316,7 @@ def apply_fbcache(
 ) -> None:
     """diffusers' First Block Cache on ``transformer``, with the family's threshold when none is set."""
     layout = base.layout_of(transformer)
-    threshold = FBC_THRESHOLDS[layout.family] if config.threshold is None else config.threshold
+    threshold = layout.fbcache_threshold if config.threshold is None else config.threshold
     states = base.BranchStates(CountState)
     _count_blocks(transformer, layout, states)
     apply_first_block_cache(transformer, FirstBlockCacheConfig(threshold=threshold))
@@ -378,7 +377,8 @@ def apply_taylorseer(
         if getattr(m, "_diffusers_hook", None) is not None and m._diffusers_hook.get_hook(_TAYLORSEER_CACHE_HOOK)
     ]
     if not hooked:
-        raise base.CacheError(f"taylorseer: identifiers {config.identifiers} match no module of this {layout.family}")
+        raise base.CacheError(
+            f"taylorseer: identifiers {config.identifiers} match no module of this {layout.name} transformer")
     params = {
         "implementation": "diffusers.hooks.apply_taylorseer_cache",
         **base.config_params(config),

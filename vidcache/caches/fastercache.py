@@ -267,7 +267,7 @@ def apply_fastercache(
     warnings = []
     if config.cfg_cache and layout.cfg_layout == "distilled":
         warnings.append(
-            f"fastercache: {layout.family} is guidance-distilled; only attention reuse applies"
+            f"fastercache: {layout.name} is guidance-distilled; only attention reuse applies"
         )
     top = FasterCacheForwardHook(
         "fastercache",

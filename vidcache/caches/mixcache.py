@@ -576,7 +576,7 @@ def apply_mixcache(
             head=i == 0,
             tail=i == n - 1,
             candidate=i in candidates,
-            text_residual=layout.family == "cogvideox",
+            text_residual=layout.text_residual,
         )
         base.register(block, hook, "mixcache")
     params = base.config_params(config)

@@ -133,20 +133,26 @@ def rescale(coefficients: Sequence[float], x: float) -> float:
 
 
 def resolve(
-    config: TeaCacheConfig, transformer: torch.nn.Module, family: str
+    config: TeaCacheConfig, transformer: torch.nn.Module, layout: base.Layout
 ) -> tuple[TeaCacheConfig, list[str]]:
     """The config with coefficients and forced steps filled in for this transformer; warnings."""
     warnings: list[str] = []
-    if config.retention and family != "wan":
-        raise base.CacheError("teacache: retention mode exists for Wan only")
+    if config.retention and not layout.teacache.has_retention:
+        raise base.CacheError(f"teacache: retention mode exists for Wan only, not {layout.name}")
     coefficients = config.coefficients
     if coefficients is None:
-        coefficients, note = _default_coefficients(transformer, family, config.retention)
-        if note:
-            warnings.append(note)
-    elif isinstance(coefficients, str) and not coefficients.startswith(family):
+        coefficients, fallback = layout.teacache_coefficients(transformer.config, config.retention)
+        if coefficients is None:
+            cfg = transformer.config
+            coefficients = fallback
+            warnings.append(
+                f"teacache: no official coefficients for this {layout.name} transformer (inner dim "
+                f"{cfg.num_attention_heads * cfg.attention_head_dim}); using '{fallback}': run "
+                "`vidcache calibrate` for a fitted set"
+            )
+    elif isinstance(coefficients, str) and not coefficients.startswith(layout.name):
         warnings.append(
-            f"teacache: coefficients '{coefficients}' were fitted for another family than {family}"
+            f"teacache: coefficients '{coefficients}' were fitted for another family than {layout.name}"
         )
     return (
         TeaCacheConfig(
@@ -161,41 +167,6 @@ def resolve(
             else config.last_steps,
         ),
         warnings,
-    )
-
-
-def _default_coefficients(
-    transformer: torch.nn.Module, family: str, retention: bool
-) -> tuple[str, str | None]:
-    cfg = transformer.config
-    dim = cfg.num_attention_heads * cfg.attention_head_dim
-    name, fallback = None, None
-    if family == "wan":
-        i2v = getattr(cfg, "image_dim", None) is not None
-        if dim == 5120:
-            name = "wan2.1-i2v-480p" if i2v else "wan2.1-t2v-14b"
-        elif dim == 1536 and not i2v:
-            name = "wan2.1-t2v-1.3b"
-        else:
-            fallback = "wan2.1-t2v-1.3b"
-        if retention:
-            name, fallback = (name and name + "-ret"), (fallback and fallback + "-ret")
-    elif family == "cogvideox":
-        if getattr(cfg, "patch_size_t", None) is not None:
-            name = "cogvideox1.5-5b-i2v" if cfg.in_channels == 32 else "cogvideox1.5-5b"
-        elif dim == 1920:
-            name = "cogvideox-2b"
-        elif dim == 3072:
-            name = "cogvideox-5b"
-        else:
-            fallback = "cogvideox-2b"
-    else:
-        name = "hunyuanvideo"
-    if name:
-        return name, None
-    return fallback, (
-        f"teacache: no official coefficients for this {family} transformer (inner dim {dim}); "
-        f"using '{fallback}': run `vidcache calibrate` for a fitted set"
     )
 
 
@@ -239,21 +210,13 @@ class TeaCacheState(base.BranchState):
         return base.iter_tensors((self.prev_indicator, self.residual, self.stack_in))
 
 
-def embedder_indicator(family: str, retention: bool) -> tuple[str, int | None] | None:
-    """Where the indicator of ``family`` is read from the time embedder: (its module name, the
-    index in its output, or None for the output itself); None for HunyuanVideo (``block_indicator``)."""
-    source = _INDICATOR_MODULES[family]
-    if source is None:
+def embedder_indicator(layout: base.Layout, retention: bool) -> tuple[str, int | None] | None:
+    """Where the indicator is read from the time embedder: (its module name, the index in its
+    output, or None for the output itself); None when it is the first block's modulated input."""
+    ind = layout.teacache
+    if not ind.timestep_only:
         return None
-    name, index, ret_index = source
-    return name, ret_index if retention else index
-
-
-def block_indicator(block: torch.nn.Module, meta: Any, hidden: torch.Tensor, args: tuple, kwargs: dict
-                    ) -> torch.Tensor:
-    """HunyuanVideo's indicator: block 0's modulated input ``hidden``, for the block's call arguments."""
-    temb = meta._get_parameter_from_args_kwargs("temb", args, kwargs)
-    return block.norm1(hidden, emb=temb)[0]
+    return ind.module, ind.retention_index if retention else ind.index
 
 
 class IndicatorHook(base.BranchHook):
@@ -282,6 +245,7 @@ class TeaCacheBlockHook(base.BranchHook):
         tail: bool,
         text_residual: bool,
         indicator_from_norm1: bool,
+        layout: base.Layout | None = None,
     ) -> None:
         super().__init__(states, key)
         self.config = config
@@ -289,7 +253,7 @@ class TeaCacheBlockHook(base.BranchHook):
         self.text_residual = text_residual
         self.indicator_from_norm1 = indicator_from_norm1
         self.meta = None
-        self.family = ""
+        self.layout = layout
         self.schedule: Callable[[], Any] = lambda: None  # the pipeline's timesteps (set by apply)
         self.transformer: Callable[[], torch.nn.Module | None] = lambda: None
 
@@ -300,7 +264,7 @@ class TeaCacheBlockHook(base.BranchHook):
     def _decide(self, module: torch.nn.Module, state: TeaCacheState, args, kwargs, hidden) -> bool:
         info = state.info
         if self.indicator_from_norm1:  # HunyuanVideo: modulated input of block 0
-            indicator = block_indicator(module, self.meta, hidden, args, kwargs)
+            indicator = self.layout.block_indicator(module, self.meta, hidden, args, kwargs)
         else:
             indicator = state.indicator
         if indicator is None:
@@ -332,7 +296,7 @@ class TeaCacheBlockHook(base.BranchHook):
         transformer = self.transformer()
         if transformer is None:
             return {}
-        dist = _schedule_distances(transformer, self.family, timesteps[step:], self.config)
+        dist = _schedule_distances(transformer, self.layout, timesteps[step:], self.config)
         return {step + 1 + i: d for i, d in enumerate(dist)}
 
     def new_forward(self, module: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
@@ -366,14 +330,6 @@ class TeaCacheForwardHook(base.TransformerHook):
         return f"thresh {thresh} is below every accumulated distance; raise it"
 
 
-# family -> (module holding the indicator, index in its output; retention index) or None
-_INDICATOR_MODULES: dict[str, tuple[str, int | None, int | None] | None] = {
-    "wan": ("condition_embedder", 0, 1),
-    "cogvideox": ("time_embedding", None, None),
-    "hunyuan": None,
-}
-
-
 def apply_teacache(
     transformer: torch.nn.Module,
     config: TeaCacheConfig,
@@ -382,9 +338,9 @@ def apply_teacache(
 ) -> None:
     """Attach TeaCache: hooks on the time embedder, on every block and on the transformer."""
     layout = base.layout_of(transformer)
-    config, warnings = resolve(config, transformer, layout.family)
+    config, warnings = resolve(config, transformer, layout)
     states = base.BranchStates(TeaCacheState)
-    source = embedder_indicator(layout.family, config.retention)
+    source = embedder_indicator(layout, config.retention)
     if source is not None:
         name, index = source
         hook = IndicatorHook(states, name, index)
@@ -398,8 +354,9 @@ def apply_teacache(
             config,
             head=i == 0,
             tail=i == len(blocks) - 1,
-            text_residual=layout.family == "cogvideox",
+            text_residual=layout.text_residual,
             indicator_from_norm1=source is None,
+            layout=layout,
         )
         base.register(block, hook, "teacache")
         hooks.append(hook)
@@ -408,7 +365,6 @@ def apply_teacache(
         warnings=warnings,
     )
     head = hooks[0]
-    head.family = layout.family
     head.schedule = lambda: top._schedule_key
     head.transformer = weakref.ref(transformer)
     base.attach(transformer, top)
@@ -424,11 +380,11 @@ def precompute_schedule(
     schedule is then the same for every prompt, every branch and every rank.
     """
     layout = base.layout_of(transformer)
-    if layout.family == "hunyuan":
-        raise base.CacheError("teacache: HunyuanVideo's indicator depends on the content")
-    config, _ = resolve(config, transformer, layout.family)
+    if not layout.teacache.timestep_only:
+        raise base.CacheError(f"teacache: {layout.name}'s indicator depends on the content")
+    config, _ = resolve(config, transformer, layout)
     ts = torch.as_tensor(timesteps, dtype=torch.float32)
-    dist = _schedule_distances(transformer, layout.family, ts, config)
+    dist = _schedule_distances(transformer, layout, ts, config)
     schedule, acc = [], 0.0
     for step in range(len(ts)):
         compute, acc, _ = decide(
@@ -439,30 +395,14 @@ def precompute_schedule(
 
 
 def _schedule_distances(
-    transformer: torch.nn.Module, family: str, ts: torch.Tensor, config: TeaCacheConfig
+    transformer: torch.nn.Module, layout: base.Layout, ts: torch.Tensor, config: TeaCacheConfig
 ) -> list[float]:
     """The relative L1 between the indicators of consecutive timesteps, read in one go (and
-    rank-agreed, as ``base.relative_l1`` reads one)."""
-    ind = _timestep_indicators(transformer, family, ts, config)
+    rank-agreed, as ``base.relative_l1`` reads one). The adapter computes the indicators as the
+    model's forward does, one row per timestep."""
+    ind = layout.timestep_indicators(transformer, ts, config.retention)
     num = (ind[1:] - ind[:-1]).abs().sum(dim=1)
     den = ind[:-1].abs().sum(dim=1)
     values = base.agreed_values(torch.cat([num, den]))
     n = len(values) // 2
     return [values[i] / values[n + i] if values[n + i] > 0 else float("inf") for i in range(n)]
-
-
-def _timestep_indicators(
-    transformer: torch.nn.Module, family: str, ts: torch.Tensor, config: TeaCacheConfig
-) -> torch.Tensor:
-    """The indicator as the model computes it in its forward (same casts), one row per timestep."""
-    dtype = transformer.dtype
-    embedder = transformer.condition_embedder if family == "wan" else transformer.time_embedding
-    ts = ts.to(next(iter(embedder.parameters())).device, torch.float32)  # offloaded: where it is
-    if family == "wan":
-        ce = transformer.condition_embedder
-        proj = ce.timesteps_proj(ts)
-        time_dtype = next(iter(ce.time_embedder.parameters())).dtype
-        temb = ce.time_embedder(proj.to(time_dtype)).to(dtype)
-        return (ce.time_proj(ce.act_fn(temb)) if config.retention else temb).float()
-    emb = transformer.time_embedding(transformer.time_proj(ts).to(dtype))
-    return emb.float()

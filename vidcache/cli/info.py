@@ -17,11 +17,11 @@ def models(json_out: Annotated[bool, typer.Option("--json", help="Print as JSON.
     from rich.table import Table
 
     from .. import presets
-    from ..models import FAMILIES, NAMES
+    from ..models import ADAPTERS, NAMES
 
     rows = []
     for n in NAMES.values():
-        fam = FAMILIES[n.family]
+        fam = ADAPTERS[n.family]
         d = presets.load(n.preset).defaults
         rows.append({
             "name": n.name, "family": fam.name, "source": n.source, "description": n.description,

@@ -1,6 +1,8 @@
-"""Model families vidcache supports and the names users type."""
+"""Model families vidcache supports: one adapter per family, and the names users type."""
 
-from .base import FamilySpec, ModelName
-from .registry import FAMILIES, NAMES, ResolvedModel, resolve
+from .adapter import FamilyAdapter, TeaCacheIndicator
+from .registry import ADAPTERS, NAMES, ResolvedModel, adapter_named, adapter_of, resolve
+from .spec import ModelName
 
-__all__ = ["FAMILIES", "NAMES", "FamilySpec", "ModelName", "ResolvedModel", "resolve"]
+__all__ = ["ADAPTERS", "NAMES", "FamilyAdapter", "ModelName", "ResolvedModel", "TeaCacheIndicator",
+           "adapter_named", "adapter_of", "resolve"]

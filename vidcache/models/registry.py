@@ -1,21 +1,29 @@
-"""Resolve ``--model`` (a known name, a hub id or a local folder) to a family, without loading it.
+"""Resolve ``--model`` (a known name, a hub id or a local folder) to a family adapter and a mode,
+without loading it. Everything that can be refused is refused here, before a single weight is read.
 
-Everything that can be refused is refused here, before a single weight is read.
+Adding a family: write its adapter module (``FamilyAdapter`` subclass, ``ADAPTER``, ``NAMES``) and
+add it to ``_FAMILY_MODULES``; docs/models.md lists what else a new family needs.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from ..errors import UsageError
 from . import cogvideox, hunyuan, wan
-from .base import FamilySpec, ModelName
+from .adapter import FamilyAdapter
+from .geometry import config_file
+from .spec import ModelName
 
-FAMILIES: dict[str, FamilySpec] = {m.FAMILY.name: m.FAMILY for m in (wan, cogvideox, hunyuan)}
-NAMES: dict[str, ModelName] = {n.name: n for m in (wan, cogvideox, hunyuan) for n in m.NAMES}
+_FAMILY_MODULES = (wan, cogvideox, hunyuan)
+
+ADAPTERS: dict[str, FamilyAdapter] = {m.ADAPTER.name: m.ADAPTER for m in _FAMILY_MODULES}
+NAMES: dict[str, ModelName] = {n.name: n for m in _FAMILY_MODULES for n in m.NAMES}
 _ALIASES = {a: n.name for n in NAMES.values() for a in n.aliases}
 
 EMBEDDED_DIR = Path(__file__).resolve().parent.parent / "assets" / "tiny"
@@ -23,14 +31,17 @@ EMBEDDED_DIR = Path(__file__).resolve().parent.parent / "assets" / "tiny"
 
 @dataclass(frozen=True)
 class ResolvedModel:
-    """``source`` is what ``from_pretrained`` gets: a hub id or a local folder."""
+    """``source`` is what ``from_pretrained`` gets: a hub id or a local folder. ``family`` is the
+    family's adapter; ``mode`` "t2v" or "i2v"; ``pipeline_class`` the diffusers class to load."""
 
     name: str
-    family: FamilySpec
+    family: FamilyAdapter
     source: str
     preset: str
     known: ModelName | None
     two_experts: bool = False
+    mode: str = "t2v"
+    pipeline_class: str = ""
 
     @property
     def size_multiple(self) -> int:
@@ -39,19 +50,53 @@ class ResolvedModel:
         return self.family.size_multiple
 
     @property
+    def max_frames(self) -> int | None:
+        return (self.known.max_frames if self.known else None) or self.family.max_frames
+
+    @property
     def is_local(self) -> bool:
         return Path(self.source).is_dir()
 
+    def transformer_config(self) -> dict[str, Any] | None:
+        """The folder's (or the HF cache's) ``transformer/config.json``; None when not on disk."""
+        return _transformer_config(self.source, self.is_local)
 
-def family_of_index(index: dict, where: str) -> FamilySpec:
-    """Detect the family from model_index.json: the pipeline class, else the transformer class."""
+
+@functools.lru_cache(maxsize=32)
+def _transformer_config(source: str, is_local: bool) -> dict[str, Any] | None:
+    return config_file(source, "transformer/config.json", is_local)
+
+
+def adapter_named(name: str) -> FamilyAdapter:
+    return ADAPTERS[name]
+
+
+def adapter_of(transformer: Any) -> FamilyAdapter:
+    """The adapter of a loaded transformer, from its class; ``UsageError`` for one vidcache lacks."""
+    from diffusers.utils.torch_utils import unwrap_module
+
+    cls = type(unwrap_module(transformer)).__name__
+    for adapter in ADAPTERS.values():
+        if cls in adapter.transformer_classes:
+            adapter.register_blocks()
+            return adapter
+    known = ", ".join(c for a in ADAPTERS.values() for c in a.transformer_classes)
+    raise UsageError(f"cannot run a {cls}: vidcache supports {known}")
+
+
+def family_of_index(index: dict, where: str) -> tuple[FamilyAdapter, str, str]:
+    """(adapter, mode, pipeline class) from model_index.json: the pipeline class, else the
+    transformer class (then the family's text-to-video pipeline)."""
     cls = index.get("_class_name", "")
     tr = index.get("transformer") or [None, None]
     tr_cls = tr[1] if isinstance(tr, (list, tuple)) and len(tr) == 2 else None
-    for fam in FAMILIES.values():
-        if cls == fam.pipeline_class or tr_cls in fam.transformer_classes:
-            return fam
-    supported = ", ".join(f.pipeline_class for f in FAMILIES.values())
+    for adapter in ADAPTERS.values():
+        if cls in adapter.pipelines:
+            return adapter, adapter.pipelines[cls], cls
+    for adapter in ADAPTERS.values():
+        if tr_cls in adapter.transformer_classes:
+            return adapter, "t2v", adapter.pipeline_class("t2v")
+    supported = ", ".join(c for a in ADAPTERS.values() for c in a.pipelines)
     raise UsageError(
         f"{where}: pipeline {cls or '?'} (transformer {tr_cls or '?'}) is not supported; "
         f"vidcache runs {supported}"
@@ -63,9 +108,12 @@ def read_model_index(folder: Path) -> dict:
     if not idx.is_file():
         raise UsageError(f"{folder} is not a diffusers pipeline folder (no model_index.json)")
     try:
-        return json.loads(idx.read_text())
-    except (OSError, json.JSONDecodeError) as err:
+        data = json.loads(idx.read_text())
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as err:
         raise UsageError(f"{idx}: unreadable model_index.json ({err})") from None
+    if not isinstance(data, dict):
+        raise UsageError(f"{idx}: model_index.json is not a JSON object")
+    return data
 
 
 def _cached_hub_index(repo_id: str) -> dict | None:
@@ -85,24 +133,27 @@ def _cached_hub_index(repo_id: str) -> dict | None:
     return None
 
 
+def _from_index(name: str, source: str, index: dict, where: str) -> ResolvedModel:
+    adapter, mode, cls = family_of_index(index, where)
+    two = bool(index.get("transformer_2") and index["transformer_2"][0])
+    return ResolvedModel(name, adapter, source, adapter.name, None, two, mode, cls)
+
+
 def resolve(model: str) -> ResolvedModel:
     key = _ALIASES.get(model.lower(), model.lower())
     if key in NAMES:
         known = NAMES[key]
-        fam = FAMILIES[known.family]
+        adapter = ADAPTERS[known.family]
         source = str(EMBEDDED_DIR) if known.source == "embedded" else known.source
         if known.source == "embedded" and not (EMBEDDED_DIR / "model_index.json").is_file():
             raise UsageError(f"the embedded model is missing from {EMBEDDED_DIR}: reinstall vidcache")
-        return ResolvedModel(known.name, fam, source, known.preset, known,
-                             two_experts=known.name == "wan2.2-t2v-a14b")
+        return ResolvedModel(known.name, adapter, source, known.preset, known, known.two_experts, known.mode,
+                             adapter.pipeline_class(known.mode))
     path = Path(model).expanduser()
     if path.exists() or model.startswith((".", "/", "~")):
         if not path.is_dir():
             raise UsageError(f"--model {model}: no such folder")
-        index = read_model_index(path)
-        fam = family_of_index(index, str(path))
-        two = bool(index.get("transformer_2") and index["transformer_2"][0])
-        return ResolvedModel(path.name or str(path), fam, str(path.resolve()), fam.name, None, two)
+        return _from_index(path.name or str(path), str(path.resolve()), read_model_index(path), str(path))
     if model.count("/") == 1 and all(model.split("/")):
         index = _cached_hub_index(model)
         if index is None:
@@ -110,7 +161,5 @@ def resolve(model: str) -> ResolvedModel:
                 f"--model {model}: not a known name, not a local folder, and its weights are not in "
                 f"the Hugging Face cache (offline?); known names: {', '.join(NAMES)}"
             )
-        fam = family_of_index(index, model)
-        two = bool(index.get("transformer_2") and index["transformer_2"][0])
-        return ResolvedModel(model, fam, model, fam.name, None, two)
+        return _from_index(model, model, index, model)
     raise UsageError(f"unknown model '{model}'; known names: {', '.join(NAMES)} (or a hub id or a folder)")

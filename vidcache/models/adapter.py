@@ -1,0 +1,162 @@
+"""What vidcache must know about a model family, in one place: the adapter.
+
+Why one adapter per family (the way cache-dit's ``block_adapters`` keep each model's structure in one
+place): the caches, context parallelism, memory estimates and the runner all need to know where a
+family keeps its blocks, how it runs classifier-free guidance, which inputs it takes. Spread over
+the code as ``if family == "wan"`` checks, adding a model was a ten-file change. Now each family is
+one subclass of ``FamilyAdapter`` in ``vidcache/models/<family>.py`` and one line in
+``registry.ADAPTERS``; everything else asks the adapter and never compares a family name.
+
+Class attributes hold the facts; methods hold what needs code (choosing TeaCache coefficients,
+embedding timesteps the way the model does, enabling context parallelism). Nothing here imports
+torch or diffusers at module level, so resolving a model before loading stays cheap.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+CP_HOOK_PREFIX = "vidcache_parallel."  # hooks context parallelism registers (vidcache.parallel, the adapters)
+
+CFG_LAYOUTS = ("separate", "batched", "distilled")
+
+
+@dataclass(frozen=True)
+class TeaCacheIndicator:
+    """Where TeaCache's indicator is read. ``module``: the time embedder whose output (or output
+    ``index``) is the indicator; None: the modulated input of the first block (content-dependent,
+    HunyuanVideo). ``retention_index``: the index of the retention-mode indicator (Wan only)."""
+
+    module: str | None
+    index: int | None = None
+    retention_index: int | None = None
+
+    @property
+    def timestep_only(self) -> bool:
+        """The indicator depends on the timestep alone: the skip schedule can be planned."""
+        return self.module is not None
+
+    @property
+    def has_retention(self) -> bool:
+        return self.retention_index is not None
+
+
+class FamilyAdapter:
+    """One model family. Subclasses set the class attributes and override what differs."""
+
+    name: ClassVar[str]
+    # pipeline class -> mode ("t2v": text to video, "i2v": image to video)
+    pipelines: ClassVar[dict[str, str]]
+    transformer_classes: ClassVar[tuple[str, ...]]
+
+    # CFG: "separate" (two forwards per step in cache contexts "cond" / "uncond"), "batched" (one
+    # forward on [uncond, cond]) or "distilled" (guidance-distilled: one forward per step)
+    cfg_layout: ClassVar[str]
+    batched_inputs: ClassVar[tuple[str, ...]] = ()  # transformer inputs batched [uncond, cond]
+
+    # blocks: the lists holding the stack, in execution order, and which attribute of a block holds
+    # which kind of attention ("spatial": self-attention over the video tokens, "cross": text)
+    block_lists: ClassVar[tuple[str, ...]]
+    attention_attrs: ClassVar[dict[str, str]]
+    text_residual: ClassVar[bool] = False  # the stack carries a text stream whose residual caches keep
+    text_stream_blocks: ClassVar[bool] = False  # every block returns the text stream next to the video
+    joint_attention: ClassVar[bool] = False  # self-attention output covers the text tokens too
+    frame_dim: ClassVar[int] = 2  # axis of the latent frames in the transformer's 5-D hidden_states
+
+    teacache: ClassVar[TeaCacheIndicator]
+    fbcache_threshold: ClassVar[float] = 0.05  # diffusers' First Block Cache: a threshold that fires
+
+    # inputs
+    frame_rule: ClassVar[str]  # human-readable, for error messages
+    frame_step: ClassVar[int] = 4  # frames must be frame_step * k + 1
+    max_frames: ClassVar[int | None] = None
+    size_multiple: ClassVar[int] = 16
+    uses_flow_shift: ClassVar[bool] = True
+    accepts_negative_prompt: ClassVar[bool] = True
+
+    # loading and kernels
+    vae_fp32: ClassVar[bool] = False  # keep the VAE in fp32 whatever the dtype
+    needs_attention_mask: ClassVar[bool] = False  # attention kernels without masks cannot run it
+    flash3_auto: ClassVar[bool] = False  # --attention auto may pick FlashAttention-3 on Hopper
+
+    # context parallelism: the joint [text, video] sequence is split (else only video tokens are)
+    cp_joint_sequence: ClassVar[bool] = False
+
+    # -- structure ----------------------------------------------------------------------------
+    def blocks(self, transformer: Any) -> list[tuple[str, Any]]:
+        """``(name, block)`` for every block of the stack, in order."""
+        out = []
+        for list_name in self.block_lists:
+            for i, block in enumerate(getattr(transformer, list_name)):
+                out.append((f"{list_name}.{i}", block))
+        return out
+
+    def attention_modules(self, transformer: Any) -> list[tuple[str, Any, str]]:
+        """``(name, module, kind)`` for every attention module of the stack."""
+        out = []
+        for block_name, block in self.blocks(transformer):
+            for attr, kind in self.attention_attrs.items():
+                module = getattr(block, attr, None)
+                if module is not None:
+                    out.append((f"{block_name}.{attr}", module, kind))
+        return out
+
+    def register_blocks(self) -> None:
+        """Make diffusers' ``TransformerBlockRegistry`` know this family's blocks (what each takes and
+        returns), which vidcache's caches and diffusers' own read. diffusers registers the blocks
+        of the families it ships metadata for; a family it does not cover registers its own here
+        (called by ``registry.adapter_of``, so once per cache attachment: keep it idempotent)."""
+
+    def mode_of(self, pipeline_class: str) -> str:
+        return self.pipelines.get(pipeline_class, "t2v")
+
+    def pipeline_class(self, mode: str) -> str:
+        for cls, m in self.pipelines.items():
+            if m == mode:
+                return cls
+        raise KeyError(mode)
+
+    @property
+    def modes(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(self.pipelines.values()))
+
+    # -- inputs ---------------------------------------------------------------------------------
+    def frames_ok(self, frames: int, max_frames: int | None = None) -> bool:
+        if frames < 1 or (frames - 1) % self.frame_step:
+            return False
+        limit = max_frames or self.max_frames
+        return limit is None or frames <= limit
+
+    def text_len_rule(self, transformer_config: dict[str, Any], mode: str) -> tuple[int | None, str]:
+        """The text length this folder's transformer requires, and why (None: any length)."""
+        return None, ""
+
+    # -- TeaCache -------------------------------------------------------------------------------
+    def teacache_coefficients(self, config: Any, retention: bool) -> tuple[str | None, str | None]:
+        """(official set name, or None; fallback set name when there is no official one), for a
+        transformer config (image-to-video transformers are told apart by their config)."""
+        raise NotImplementedError
+
+    def timestep_indicators(self, transformer: Any, timesteps: Any, retention: bool) -> Any:
+        """TeaCache's indicator for each timestep, computed as the model's forward computes it
+        (fp32 where the official code is fp32): one row per timestep."""
+        raise NotImplementedError(f"{self.name}: the TeaCache indicator depends on the content")
+
+    def block_indicator(self, block: Any, meta: Any, hidden: Any, args: tuple, kwargs: dict) -> Any:
+        """TeaCache's content-dependent indicator, from the first block's call (``teacache.module`` None)."""
+        raise NotImplementedError
+
+    # -- context parallelism --------------------------------------------------------------------
+    def cp_plan(self) -> dict[str, Any] | None:
+        """The ``_cp_plan`` to enable context parallelism with (None: the model's own)."""
+        return None
+
+    def prepare_cp(self, transformer: Any) -> None:
+        """What must change on the transformer before ``enable_parallelism`` (attention processors)."""
+
+    def finish_cp(self, transformer: Any, plan: Any, config: Any) -> None:
+        """Hooks the split needs after ``enable_parallelism`` (sequence splits, attention masks)."""
+
+    def __repr__(self) -> str:
+        return f"<{self.name} adapter>"
