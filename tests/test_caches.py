@@ -28,6 +28,7 @@ from vidcache.caches import (
     apply_cache,
     base,
     cache_stats,
+    check_preset,
     method_fields,
     remove_cache,
     reset_cache,
@@ -366,7 +367,7 @@ def test_presets_load_apply_and_run(pipes):
 
     wan = pipes("wan")
     for name in presets.available():
-        preset = presets.load(name)  # validates through method_fields
+        preset = check_preset(presets.load(name))  # validates through method_fields
         family = next((f for f in ("cogvideox", "hunyuan") if name.startswith(f)), "wan")
         for method in METHODS:
             assert method in preset.methods, (name, method)

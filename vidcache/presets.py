@@ -2,7 +2,12 @@
 
 Merge order, lowest first: the model's preset < ``--preset FILE`` < command-line flags / ``--set``.
 An unknown key anywhere is an error: a misspelt threshold silently ignored is the worst failure
-mode a caching tool can have.
+mode a caching tool can have. This module checks the structure and ``[defaults]``; the keys of the
+method tables belong to the methods, so ``vidcache.caches.check_preset`` checks those (this module
+imports nothing of the caches: no import circle, and reading a preset loads no torch).
+
+The files live in the repository's top-level ``presets/`` folder; a wheel ships them as
+``vidcache/presets/*.toml`` (setup.py). ``PRESET_DIR`` is whichever of the two exists.
 """
 
 from __future__ import annotations
@@ -16,7 +21,14 @@ import tomllib
 
 from .errors import UsageError
 
-PRESET_DIR = Path(__file__).resolve().parent / "presets"
+
+def _preset_dir() -> Path:
+    here = Path(__file__).resolve().parent
+    installed, checkout = here / "presets", here.parent / "presets"
+    return installed if installed.is_dir() else checkout
+
+
+PRESET_DIR = _preset_dir()
 
 # key -> accepted Python types; None values are not representable in TOML, so absent = unset.
 DEFAULT_KEYS: dict[str, tuple[type, ...]] = {
@@ -40,6 +52,7 @@ class Preset:
     name: str
     defaults: dict[str, Any] = field(default_factory=dict)
     methods: dict[str, dict[str, Any]] = field(default_factory=dict)
+    where: str = ""  # the file(s) it was read from, for error messages
 
 
 def available() -> list[str]:
@@ -64,15 +77,14 @@ def check_defaults(values: dict[str, Any], where: str) -> None:
             raise UsageError(f"{where}: '{key}' must be {' or '.join(t.__name__ for t in types)}")
 
 
-def _check_method_table(method: str, table: dict[str, Any], where: str) -> None:
-    from .caches import method_fields
-
-    fields = method_fields(method)
+def check_method_table(method: str, table: dict[str, Any], fields: set[str] | None, where: str) -> None:
+    """Every key of a ``[method]`` table (and of its variants) is one of ``fields`` (None: the method
+    is unknown). Called by ``vidcache.caches.check_preset``, which knows the fields."""
     if fields is None:
         raise UsageError(f"{where}: unknown cache method table [{method}]")
     for key, value in table.items():
         if isinstance(value, dict):  # a variant, e.g. [teacache.fast]
-            _check_method_table(method, value, f"{where} [{method}.{key}]")
+            check_method_table(method, value, fields, f"{where} [{method}.{key}]")
         elif key not in fields:
             raise UsageError(
                 f"{where}: unknown key '{key}' for {method} (known: {', '.join(sorted(fields))})"
@@ -80,7 +92,7 @@ def _check_method_table(method: str, table: dict[str, Any], where: str) -> None:
 
 
 def parse_preset(data: dict, name: str, where: str) -> Preset:
-    preset = Preset(name)
+    preset = Preset(name, where=where)
     for key, value in data.items():
         if key == "defaults":
             if not isinstance(value, dict):
@@ -88,7 +100,6 @@ def parse_preset(data: dict, name: str, where: str) -> Preset:
             check_defaults(value, f"{where} [defaults]")
             preset.defaults = dict(value)
         elif isinstance(value, dict):
-            _check_method_table(key, value, where)
             preset.methods[key] = value
         else:
             raise UsageError(f"{where}: unknown top-level key '{key}'")

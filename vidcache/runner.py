@@ -86,9 +86,9 @@ def _apply_sets(preset: presets.Preset, method: str, sets: list[str]) -> dict[st
 def plan_run(cfg: RunConfig, prompts: list[jobs_mod.Prompt]) -> Plan:
     model = resolve(cfg.model)
     method, variant = split_cache(cfg.cache)
-    preset = presets.load(model.preset)
+    preset = caches.check_preset(presets.load(model.preset))
     if cfg.preset_file:
-        preset = presets.merge(preset, presets.load_file(cfg.preset_file))
+        preset = presets.merge(preset, caches.check_preset(presets.load_file(cfg.preset_file)))
     method_over = _apply_sets(preset, method, cfg.sets)
     params = presets.method_params(preset, method, variant) if method != "none" else {}
     params.update(method_over)

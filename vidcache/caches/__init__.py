@@ -75,10 +75,21 @@ __all__ = [
     "CacheError",
     "apply_cache",
     "cache_stats",
+    "check_preset",
     "method_fields",
     "remove_cache",
     "reset_cache",
 ]
+
+
+def check_preset(preset: Any) -> Any:
+    """Every method table of a loaded ``vidcache.presets.Preset`` names a known method and only its
+    parameters (``UsageError``, one line, naming the file); returns the preset."""
+    from ..presets import check_method_table
+
+    for method, table in preset.methods.items():
+        check_method_table(method, table, method_fields(method), preset.where or preset.name)
+    return preset
 
 
 def method_fields(method: str) -> set[str] | None:
@@ -110,7 +121,7 @@ def preset_params(preset: str, method: str) -> dict[str, Any]:
                 name = model.preset
                 break
     try:
-        return presets.method_params(presets.load(name), method, None)
+        return presets.method_params(check_preset(presets.load(name)), method, None)
     except UsageError as err:
         raise CacheError(str(err)) from None
 

@@ -52,10 +52,11 @@ def presets_cmd(
 ) -> None:
     """The shipped presets: each model's defaults and cache method tables."""
     from .. import presets
+    from ..caches import check_preset
 
     with guarded(False):
         names = [model] if model else presets.available()
-        loaded = {n: presets.load(n) for n in names}
+        loaded = {n: check_preset(presets.load(n)) for n in names}
     data = {n: {"defaults": p.defaults, **p.methods} for n, p in loaded.items()}
     if json_out:
         sys.stdout.write(json.dumps(data, indent=2) + "\n")
