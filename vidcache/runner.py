@@ -83,6 +83,19 @@ def _apply_sets(preset: presets.Preset, method: str, sets: list[str]) -> dict[st
     return method_over
 
 
+def _fit_text_len(model: ResolvedModel, preset: presets.Preset) -> None:
+    """Use the text length the checkpoint's config fixes (a CogVideoX folder with positional
+    embeddings for 16 text tokens cannot take the preset's 226); a different length the user asked
+    for (``--preset FILE``, ``--set defaults.text_len``) is refused before anything loads."""
+    required, why = model.required_text_len()
+    asked = preset.defaults["text_len"]
+    if required is None or asked == required:
+        return
+    if asked != presets.load(model.preset).defaults.get("text_len"):
+        raise UsageError(f"text_len {asked}: {model.name} needs text_len {required} ({why})")
+    preset.defaults["text_len"] = required
+
+
 def plan_run(cfg: RunConfig, prompts: list[jobs_mod.Prompt]) -> Plan:
     model = resolve(cfg.model)
     method, variant = split_cache(cfg.cache)
@@ -95,6 +108,7 @@ def plan_run(cfg: RunConfig, prompts: list[jobs_mod.Prompt]) -> Plan:
     for key in ("frames", "height", "width", "steps", "guidance", "fps", "text_len"):
         if key not in preset.defaults:
             raise UsageError(f"preset {preset.name}: [defaults] lacks '{key}'")
+    _fit_text_len(model, preset)
     all_jobs = jobs_mod.build_jobs(prompts, preset.defaults, cfg.flags, cfg.seed)
     jobs_mod.validate(all_jobs, model.family, model.size_multiple,
                       model.known.max_frames if model.known else None)

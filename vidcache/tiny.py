@@ -125,8 +125,11 @@ def build_tiny_wan(
     return pipe
 
 
-def build_tiny_cogvideox(path: str | Path | None = None, *, seed: int = 0, num_layers: int = 2):
-    """A CogVideoX (1.0, RoPE like the 5B) pipeline; CFG runs as one batched forward."""
+def build_tiny_cogvideox(path: str | Path | None = None, *, seed: int = 0, num_layers: int = 2,
+                         learned_positions: bool = False):
+    """A CogVideoX (1.0, RoPE like the 5B) pipeline; CFG runs as one batched forward.
+    ``learned_positions``: learned positional embeddings as in CogVideoX-5B-I2V (laid out for
+    exactly 16 text tokens and 64x64 pixels)."""
     from diffusers import (
         AutoencoderKLCogVideoX,
         CogVideoXDDIMScheduler,
@@ -163,6 +166,7 @@ def build_tiny_cogvideox(path: str | Path | None = None, *, seed: int = 0, num_l
         temporal_compression_ratio=4,
         max_text_seq_length=16,
         use_rotary_positional_embeddings=True,
+        use_learned_positional_embeddings=learned_positions,
     )
     vae = AutoencoderKLCogVideoX(
         block_out_channels=(8, 8, 8, 8),

@@ -61,6 +61,12 @@ class ResolvedModel:
         """The folder's (or the HF cache's) ``transformer/config.json``; None when not on disk."""
         return _transformer_config(self.source, self.is_local)
 
+    def required_text_len(self) -> tuple[int | None, str]:
+        """The text length the checkpoint's own config fixes, and why (None: any length, or the
+        config is not on disk yet: the shipped presets carry the right value for known names)."""
+        config = self.transformer_config()
+        return self.family.text_len_rule(config, self.mode) if config else (None, "")
+
 
 @functools.lru_cache(maxsize=32)
 def _transformer_config(source: str, is_local: bool) -> dict[str, Any] | None:
