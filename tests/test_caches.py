@@ -33,7 +33,7 @@ from vidcache.caches import (
     remove_cache,
     reset_cache,
 )
-from vidcache.caches.fastercache import FasterCacheConfig, band, synthesise_uncond
+from vidcache.caches.fastercache import FasterCacheConfig, band, band_weights, synthesise_uncond
 from vidcache.caches.teacache import TeaCacheConfig, precompute_schedule
 from vidcache.models.schedules import REFERENCE_SCHEDULERS, reference_timesteps, window_steps
 
@@ -229,13 +229,9 @@ def _pab_expected(pipe, probe: Probe, params: dict) -> list[dict[str, bool]]:
         for key, _, kind in layouts[f.expert].attention_modules(trs[f.expert]):
             r, (lo, hi) = params[f"{kind}_range"], params[f"{kind}_window"]
             slot = (f.expert, f.branch, key)
-            compute = True
-            if lo < f.t < hi:
-                c = calls.get(slot, 0)
-                compute = c % r == 0 or slot not in cached
-                calls[slot] = c + 1
-            else:
-                calls[slot] = 0
+            c = calls.get(slot, 0)  # VideoSys: every call counts, inside the window or not
+            calls[slot] = c + 1
+            compute = not (lo < f.t < hi) or c % r == 0 or slot not in cached
             cached.add(slot)
             expect[key] = compute
         out.append(expect)
@@ -243,56 +239,57 @@ def _pab_expected(pipe, probe: Probe, params: dict) -> list[dict[str, bool]]:
 
 
 def _fastercache_expected(pipe, probe: Probe, params: dict, family: str):
-    """Per forward: (rows the blocks run with, attention key -> expected rows computed)."""
+    """Per forward: (rows the blocks run with, attention key -> expected rows computed). The phases
+    are the official script's (counter c = step + 1)."""
     trs = [t for t in (pipe.transformer, getattr(pipe, "transformer_2", None)) if t is not None]
     lo_a, hi_a = params["attention_window"]
     lo_c, hi_c = params["cfg_window"]
     cfg_on = params.get("cfg_cache", True) and family != "hunyuan"
-    calls, history, last_run = {}, {}, {}
-    cfg_calls, delta, cond_step = {}, {}, {}
+    history, last_run = {}, {}
+    delta, cond_step = {}, {}
+    next_t = {}  # (expert, branch, step) -> t of that branch's forward one step later
+    for f in probe.forwards:
+        next_t[(f.expert, f.branch, f.step - 1)] = f.t
     out = []
     for f in probe.forwards:
         e, b = f.expert, f.branch
         rows = f.batch
-        if cfg_on and lo_c < f.t < hi_c:
-            if family == "wan":
-                if b == "cond":
-                    cond_step[e] = f.step
-                else:
-                    c = cfg_calls.get((e, b), 0)
-                    cfg_calls[(e, b)] = c + 1
-                    have_cond = cond_step.get(e) == f.step
-                    if c % params["cfg_range"] != 0 and delta.get(e) and have_cond:
-                        rows = 0
-                    elif have_cond:
-                        delta[e] = True
-            elif rows == 2:
-                c = cfg_calls.get((e, b), 0)
-                cfg_calls[(e, b)] = c + 1
-                if c % params["cfg_range"] != 0 and delta.get(e):
-                    rows = 1
+        in_cfg = lo_c < f.t < hi_c and (f.step + 1) % params["cfg_range"] != 0
+        if cfg_on and family == "wan":
+            if b == "cond":
+                cond_step[e] = f.step
+            elif cond_step.get(e) == f.step:
+                if in_cfg and delta.get(e):
+                    rows = 0
                 else:
                     delta[e] = True
+        elif cfg_on and rows == 2:
+            if in_cfg and delta.get(e):
+                rows = 1
+            else:
+                delta[e] = True
+        keep = True  # Wan's uncond keeps outputs only for a next step inside attention, outside CFG
+        if cfg_on and family == "wan" and b == "uncond":
+            t = next_t.get((e, b, f.step))
+            keep = t is not None and lo_a < t < hi_a and not lo_c < t < hi_c
         attn = {}
         if rows:
+            contiguous = last_run.get((e, b)) == f.step - 1
             for key, _, kind in base.layout_of(trs[e]).attention_modules(trs[e]):
                 if kind != "spatial":
                     attn[key] = rows
                     continue
                 slot = (e, b, key)
+                if not contiguous:  # a gap: the history is stale
+                    history[slot] = []
                 hist = history.setdefault(slot, [])
-                compute = True
-                if lo_a < f.t < hi_a:
-                    c = calls.get(slot, 0)
-                    calls[slot] = c + 1
-                    contiguous = last_run.get((e, b)) == f.step - 1
-                    fits = len(hist) >= 2 and all(h in (rows, 2 * rows) for h in hist[-2:])
-                    if c % params["attention_range"] != 0 and contiguous and fits:
-                        compute = False
-                else:
-                    calls[slot] = 0
+                fits = len(hist) >= 2 and all(h in (rows, 2 * rows) for h in hist[-2:])
+                compute = not (lo_a < f.t < hi_a and (f.step + 1) % params["attention_range"] != 0 and fits)
                 if compute:
-                    hist.append(rows)
+                    if keep:
+                        hist.append(rows)
+                    else:
+                        hist.clear()
                 attn[key] = rows if compute else 0
             last_run[(e, b)] = f.step
         out.append((rows, attn))
@@ -390,8 +387,8 @@ def test_presets_load_apply_and_run(pipes):
 PAB_STEPS = {"tiny": (4, 22, 25), "wan": (8, 44, 50), "wan-14b": (8, 44, 50),
              "wan2.2-ti2v-5b": (8, 44, 50), "wan2.2-t2v-a14b": (6, 35, 40),
              "hunyuan": (8, 44, 50), "cogvideox": (8, 44, 50), "cogvideox-5b": (8, 44, 50)}
-# first step of FasterCache's attention reuse / CFG-Cache (official CogVideoX: 16 and 18 of 50)
-FC_STEPS = {"tiny": (8, 9), "wan2.2-t2v-a14b": (13, 14)}
+# first step of FasterCache's attention reuse / CFG-Cache (the official CogVideoX script: 17 and 17 of 50)
+FC_STEPS = {"tiny": (8, 8), "wan2.2-t2v-a14b": (14, 14)}
 
 
 @pytest.mark.parametrize("preset", sorted(REFERENCE_SCHEDULERS))
@@ -407,7 +404,7 @@ def test_preset_windows_cover_the_documented_steps(preset):
             covered = window_steps(ts, table["pab"][f"{kind}_window"])
             assert covered == list(range(first, last + 1)), (preset, kind)
     fc = table["fastercache"]
-    a, c = FC_STEPS.get(preset, (16, 18))
+    a, c = FC_STEPS.get(preset, (17, 17))
     assert window_steps(ts, fc["attention_window"])[0] == a
     if fc.get("cfg_cache", True):
         assert window_steps(ts, fc["cfg_window"])[0] == c
@@ -529,12 +526,17 @@ def test_fastercache_band_split():
     const = torch.full((1, 1, 10, 12), 3.0)
     torch.testing.assert_close(band(const, low=True), const, atol=1e-5, rtol=0)
     cond, delta = torch.randn(1, 4, 2, 10, 12), torch.randn(1, 4, 2, 10, 12)
-    cfg = FasterCacheConfig(alpha=0.0)
-    torch.testing.assert_close(synthesise_uncond(cond, delta, 800.0, cfg), cond + delta)
+    torch.testing.assert_close(synthesise_uncond(cond, delta, 1.0, 1.0), cond + delta)
     cfg = FasterCacheConfig(alpha=0.2, cfg_t0=500.0)
-    early = synthesise_uncond(cond, delta, 800.0, cfg)  # low band boosted
-    torch.testing.assert_close(early, cond + delta + 0.2 * band(delta, low=True), atol=1e-5,
-                               rtol=0)
+    w_lf, w_hf = band_weights(cfg, 800.0, 3, 3)  # the paper's rule: low band boosted early, whatever k
+    assert (w_lf, w_hf) == (1.2, 1.0)
+    early = synthesise_uncond(cond, delta, w_lf, w_hf)
+    torch.testing.assert_close(early, cond + delta + 0.2 * band(delta, low=True), atol=1e-5, rtol=0)
+    cfg = FasterCacheConfig(band_weights="compound", band_growth=1.1)
+    assert band_weights(cfg, 400.0, 2, 0) == pytest.approx((1.21, 1.0))
+    both = synthesise_uncond(cond, delta, 1.21, 1.1)
+    expected = cond + 1.21 * band(delta, low=True) + 1.1 * band(delta, low=False)
+    torch.testing.assert_close(both, expected, atol=1e-5, rtol=0)
 
 
 @pytest.mark.parametrize("family", FAMILIES)

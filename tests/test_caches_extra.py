@@ -208,8 +208,8 @@ def test_adacache_rescales_codebooks_and_says_so(pipes):
         assert params["codebook_used"] == adacache.scale_codebook(adacache.FAST_30, 30, STEPS)
     finally:
         caches.remove_cache(pipe)
-    assert adacache.scale_codebook(adacache.FAST_30, 30, 50)[0] == [0.048, 10]
-    assert adacache.scale_codebook(adacache.PAPER_100, 100, 50)[-1] == [2.0, 1]
+    assert adacache.scale_codebook(adacache.FAST_30, 30, 50)[0] == [0.048, 8]
+    assert adacache.scale_codebook(adacache.PAPER_100, 100, 50)[-1] == [2.0, 2]
     assert adacache.lookup([[0.1, 4], [1.0, 1]], 0.05) == 4 and adacache.lookup([[0.1, 4], [1.0, 1]], 5.0) == 1
 
 

@@ -145,13 +145,13 @@ def _indicator_hook(transformer: torch.nn.Module, retention: bool, sink: _Sink):
     """A torch hook that hands this forward's indicator to ``sink``; returns its handle."""
     layout = base.layout_of(transformer)
     source = embedder_indicator(layout, retention)
-    if source is not None:  # Wan, CogVideoX: the time embedder's output
-        name, index = source
+    if source is not None:  # Wan, CogVideoX: from the time embedder's call, as TeaCache reads it
+        name, _ = source
 
-        def post(module, inputs, output):
-            sink.indicator = (output if index is None else output[index]).detach().float()
+        def post(module, args, kwargs, output):
+            sink.indicator = layout.embedder_indicator(transformer, args, kwargs, output, retention).detach().float()
 
-        return transformer.get_submodule(name).register_forward_hook(post)
+        return transformer.get_submodule(name).register_forward_hook(post, with_kwargs=True)
     block = layout.blocks(transformer)[0][1]  # HunyuanVideo: block 0's modulated input
     meta = base.block_metadata(block)
 

@@ -19,7 +19,8 @@ a batch of 2), 1 for HunyuanVideo (guidance-distilled). Per row:
 |---------------|----------------------------------------------------------------------------------|
 | pab           | one output per attention module (every module stores, whatever its range)        |
 | fastercache   | two outputs per self-attention module; CFG-Cache: the fp32 uncond-cond delta of  |
-|               | the latent output and cond's output (latent-sized, small)                        |
+|               | the latent output and cond's output (latent-sized, small); on Wan the uncond     |
+|               | branch keeps none when the attention window lies inside the CFG window           |
 | teacache      | the block-stack residual (CogVideoX: video and text streams); HunyuanVideo also  |
 |               | its indicator, block 0's modulated input, in fp32                                |
 | adacache      | TeaCache's residual plus the metric block's residual (the model's dtype)         |
@@ -122,8 +123,14 @@ def estimate_cache_bytes(method: str, params: dict[str, Any], model: ModelShape,
     if method == "pab":
         return rows * (n_self * self_out + n_cross * v)
     if method == "fastercache":
+        from .caches.fastercache import uncond_keeps_attention
+
         extra = cfg_cache if cfg_pair and params.get("cfg_cache", True) else 0
-        return rows * 2 * n_self * self_out + extra
+        # Wan's uncond extrapolates no attention inside the CFG window (fastercache.py): none kept there
+        attention_rows = rows
+        if extra and fam.cfg_layout == "separate" and not uncond_keeps_attention(params):
+            attention_rows = 1
+        return attention_rows * 2 * n_self * self_out + extra
     if method == "teacache":  # a content indicator (block 0's modulated input) is kept in fp32
         return rows * (stack + (tokens * model.hidden * 4 if not fam.teacache.timestep_only else 0))
     if method == "adacache":  # the metric residual is kept in the model's dtype (cast to fp32 when read)

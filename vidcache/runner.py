@@ -117,6 +117,12 @@ def plan_run(cfg: RunConfig, prompts: list[jobs_mod.Prompt]) -> Plan:
     return Plan(model, method, variant, params, todo, cfg, par)
 
 
+def _note(method: str) -> dict[str, str]:
+    """``method_note`` for a report's ``cache`` table, where the method has one (MixCache: our design)."""
+    note = caches.method_note(method) if method != "none" else None
+    return {"method_note": note} if note else {}
+
+
 class Events(Protocol):
     """What a front end (the CLI's rich progress, or nothing) is told while a run goes on."""
 
@@ -301,6 +307,7 @@ class Runner:
             "flow_shift": job.flow_shift,
             "fps": job.fps,
             "cache": {"method": caches.report_name(self.method), "variant": self.variant,
+                      **_note(self.method),
                       "params": self.cache_params, "stats": stats,
                       # what vidcache.memory expected the cache to hold (per process); None: no estimate
                       "estimate_bytes": memory.pipeline_estimate(self.pipe, self.method,
@@ -402,7 +409,7 @@ class Runner:
         summary = {
             "model": {"name": m.name, "family": m.family.name, "source": m.source},
             "cache": {"method": caches.report_name(self.method), "variant": self.variant,
-                      "params": self.cache_params or self.requested_params},
+                      **_note(self.method), "params": self.cache_params or self.requested_params},
             "out": str(self.out),
             "seconds": seconds,
             "counts": {s: sum(r["status"] == s for r in rows) for s in ("done", "skipped", "failed")},

@@ -38,6 +38,14 @@ from .teacache import TeaCacheConfig, apply_teacache
 class CacheMethod:
     config: type
     apply: Callable[..., None]
+    note: str | None = None  # what a user must know about where the method comes from
+
+
+MIXCACHE_NOTE = (
+    "MixCache here is our own design on the MixCache paper's abstract (arXiv 2508.12691: step, CFG and "
+    "block reuse, a trigger, a per-step choice); no official code exists, so it is not the authors' method "
+    "and its numbers are not theirs"
+)
 
 
 REGISTRY: dict[str, CacheMethod] = {
@@ -45,7 +53,7 @@ REGISTRY: dict[str, CacheMethod] = {
     "fastercache": CacheMethod(FasterCacheConfig, apply_fastercache),
     "teacache": CacheMethod(TeaCacheConfig, apply_teacache),
     "adacache": CacheMethod(AdaCacheConfig, apply_adacache),
-    "mixcache": CacheMethod(MixCacheConfig, apply_mixcache),
+    "mixcache": CacheMethod(MixCacheConfig, apply_mixcache, MIXCACHE_NOTE),
     # diffusers' own caches as baselines (reported as diffusers-<name>)
     "fbcache": CacheMethod(FBCacheConfig, apply_fbcache),
     "taylorseer": CacheMethod(TaylorSeerConfig, apply_taylorseer),
@@ -77,6 +85,7 @@ __all__ = [
     "cache_stats",
     "check_preset",
     "method_fields",
+    "method_note",
     "remove_cache",
     "reset_cache",
 ]
@@ -90,6 +99,12 @@ def check_preset(preset: Any) -> Any:
     for method, table in preset.methods.items():
         check_method_table(method, table, method_fields(method), preset.where or preset.name)
     return preset
+
+
+def method_note(method: str) -> str | None:
+    """The note reports, ``vidcache presets`` and the docs show beside a method (None: none needed)."""
+    spec = REGISTRY.get(canonical(method))
+    return spec.note if spec else None
 
 
 def method_fields(method: str) -> set[str] | None:

@@ -3,24 +3,33 @@ that adapts to how fast the content changes, measured on one "metric" block.
 
 In the paper every block skips on the same steps and a skipped block only adds its cached residual,
 so the whole thing equals caching one stack residual per branch (cache context) plus the previous
-residual of the metric block. That is what we do, with TeaCache's machinery (``TeaCacheBlockHook``:
-the head block decides, skips by adding the stack residual, later blocks pass through, the tail
-stores ``output - input`` of the stack; CogVideoX keeps both streams' residuals); only the decision
-differs.
+output of the metric block's attention. That is what we do, with TeaCache's machinery
+(``TeaCacheBlockHook``: the head block decides, skips by adding the stack residual, later blocks pass
+through, the tail stores ``output - input`` of the stack; CogVideoX keeps both streams' residuals);
+only the decision differs.
 
 Schedule, per branch (cache context), steps counted from 0 out of ``N``:
 
 * compute on step 0, on the last two steps (``i >= N - 2``), when no residual is cached yet (the
   first forward of a branch, or of Wan 2.2's second expert), and when ``i >= last + rate``;
   otherwise skip the stack (add the cached residual).
-* on a computed step, after the metric block ran: ``c = ||r_i - r_last||_1 / ||r_last||_1`` for the
-  metric block's residual ``r`` (video tokens, fp32), divided by ``i - last`` (steps since the last
-  compute); with MoReg, ``c *= m + |mograd_mul * (m - m_prev) / (i - last)|`` where, inside the
-  MoReg window, ``m = (||r[:, S:] - r[:, :-S]||_1 / (||r[:, S:]||_1 + ||r[:, :-S]||_1) / 0.385) ** 8``
-  (``S`` = tokens per latent frame: how much the residual differs from one frame to the next) and
+* on a computed step: ``c = ||r_i - r_last||_1 / ||r_last||_1`` divided by the reuse length in
+  force (``rate``, 1 before the first measurement): the official ``cache_diff / prev_rate``, which on
+  the forced last steps differs from the steps since the last compute. With MoReg,
+  ``c *= m + |mograd_mul * (m - m_prev) / rate|`` where, inside the MoReg window,
+  ``m = (||r[:, S:] - r[:, :-S]||_1 / (||r[:, S:]||_1 + ||r[:, :-S]||_1) / 0.385) ** 8``
+  (``S`` = tokens per latent frame: how much the signal differs from one frame to the next) and
   ``m = 1`` outside it; ``m_prev`` starts at 1 and is updated on every computed step (official code).
   The next reuse length is ``rate = codebook(c)``: the rate of the first threshold ``c`` falls
-  below, else the last entry's. Without a previous metric residual, ``rate = 1``.
+  below, else the last entry's. Without a previous measurement, ``rate = 1``.
+
+The signal ``r``: the official code measures the metric block's temporal-attention residual
+(``gate_msa * attn``, ``cache_res = 't-attn'``, block 13 of Open-Sora's STDiT3) for the distance and
+MoReg alike, and its codebooks were tuned on that signal. Wan, CogVideoX and HunyuanVideo have no
+temporal attention; the nearest signal is the metric block's self-attention output (video tokens),
+read by a hook on the adapter's "spatial" attention module of that block (Wan / CogVideoX ``attn1``,
+HunyuanVideo ``attn``), before its gate: the gate is a per-channel scale that follows the timestep
+and would add the timestep's own change to a measure of the content's change.
 
 The codebook is a list of ``[threshold, steps]`` pairs in ascending thresholds. Paper codebooks:
 100 steps ``[[0.03, 12], [0.05, 10], [0.07, 8], [0.09, 6], [0.11, 4], [1.0, 3]]``; 30 steps "fast"
@@ -28,28 +37,33 @@ The codebook is a list of ``[threshold, steps]`` pairs in ascending thresholds. 
 ``[[0.08, 3], [0.16, 2], [0.24, 1], [0.32, 1], [0.40, 1], [1.0, 1]]``. MoReg windows: steps 4..26
 of 30 and 10..90 of 100, counted from 1; here 0-based, ``[3, 25]`` and ``[9, 89]``.
 
-How codebooks follow the step count (ours; the paper gives the two sets only). A codebook is stated
-for ``codebook_steps`` steps. For a run of ``N`` steps it is rescaled by ``k = N / codebook_steps``:
+How codebooks follow the step count (the paper gives the two books only; the rule is read from
+them). A codebook is stated for ``codebook_steps`` steps; for a run of ``N`` steps, with
+``k = N / codebook_steps``:
 
-* reuse lengths ``max(1, floor(steps * k))``: a reuse covers the same fraction of the trajectory
-  (floor: never longer than the reference fraction, the quality side);
 * thresholds ``threshold / k``: ``c`` is a change *per step*, and per-step changes shrink as ``1/N``
-  when the same trajectory is cut into more steps (the paper's two codebooks agree: its 100-step
-  thresholds are ~1/3 of its 30-step ones);
-* the MoReg window ``round(lo * k), round(hi * k)``.
+  when the same trajectory is cut into more steps. The books agree: the 100-step thresholds are
+  2.7-3.6 times smaller than the 30-step ones (0.08/0.03 ... 0.40/0.11), about 100/30 = 3.3.
+* reuse lengths ``max(1, floor(steps * k ** p))`` with ``p = ln 2 / ln(100/30) = 0.576``: from 30 to
+  100 steps the books' five adaptive entries exactly double (6, 5, 4, 3, 2 -> 12, 10, 8, 6, 4) while
+  the step count grows 3.33 times, so a reuse length grows as ``k ** p``, not as ``k`` (a reuse
+  of the same *fraction* of the trajectory would be 20, 16, 13, 10, 6 at 100 steps: the authors
+  reused less, since the metric is noisier per step at fine steps and an error compounds over
+  more reused steps). floor: never longer than the books' rule, the quality side. The catch-all
+  entry (1 -> 3) is the one the power does not match (it gives 2).
+* the MoReg window ``round(lo * k), round(hi * k)`` (a fraction of the trajectory, as in the books).
 
 The presets state codebooks already scaled this way from the 30-step codebooks for each model's
-default step count (nearest reference in log-steps: 30 for 20..54 steps), so ``codebook_steps``
-equals the preset's ``steps``; a run with another step count rescales them again and the report's
-``cache.params`` says so (``codebook_scaled_for_steps``, ``codebook_used``, ``moreg_window_used``).
+default step count, so ``codebook_steps`` equals the preset's ``steps``; a run with another step
+count rescales them again and the report's ``cache.params`` says so (``codebook_scaled_for_steps``,
+``codebook_used``, ``moreg_window_used``).
 
-Rank agreement: the only device read is on computed steps with a previous metric residual: the two
+Rank agreement: the only device read is on computed steps with a previous measurement: the two
 (four with MoReg) L1 sums go through ``base.agreed_values`` in one call, so under context
 parallelism every rank sums the same global numbers and picks the same rate. Sequence shards are
 contiguous, so ``r[:, S:] - r[:, :-S]`` per shard misses only the pairs across a shard boundary;
 each rank also receives the first ``S`` tokens of every shard (one small all-gather, where the
-official code gathers the whole residual) and adds its boundary pairs: the sums equal one
-process's.
+official code gathers the whole signal) and adds its boundary pairs: the sums equal one process's.
 """
 
 from __future__ import annotations
@@ -67,6 +81,8 @@ from .teacache import TeaCacheBlockHook, TeaCacheConfig, TeaCacheState
 FAST_30 = [[0.08, 6], [0.16, 5], [0.24, 4], [0.32, 3], [0.40, 2], [1.0, 1]]
 SLOW_30 = [[0.08, 3], [0.16, 2], [0.24, 1], [0.32, 1], [0.40, 1], [1.0, 1]]
 PAPER_100 = [[0.03, 12], [0.05, 10], [0.07, 8], [0.09, 6], [0.11, 4], [1.0, 3]]
+# reuse lengths grow as (N / N0) ** REUSE_EXPONENT: the paper's books double them from 30 to 100 steps
+REUSE_EXPONENT = math.log(2) / math.log(100 / 30)
 
 
 def _check_codebook(value: Any) -> list[list[float | int]]:
@@ -130,7 +146,8 @@ def scale_codebook(codebook: list, from_steps: int, to_steps: int) -> list[list[
     if from_steps == to_steps:
         return [list(p) for p in codebook]
     k = to_steps / from_steps
-    return [[round(th / k, 6), max(1, math.floor(rate * k + 1e-9))] for th, rate in codebook]
+    grow = k**REUSE_EXPONENT
+    return [[round(th / k, 6), max(1, math.floor(rate * grow + 1e-9))] for th, rate in codebook]
 
 
 def scale_window(window: tuple[int, int], from_steps: int, to_steps: int) -> tuple[int, int]:
@@ -146,9 +163,10 @@ def lookup(codebook: list, c: float) -> int:
     return int(codebook[-1][1])
 
 
-def motion_factor(m: float, m_prev: float, since: int, config: AdaCacheConfig) -> float:
-    """MoReg's multiplier ``m + |mograd_mul * (m - m_prev) / since|`` (``m`` already normalised)."""
-    return m + abs(config.mograd_mul * (m - m_prev) / since)
+def motion_factor(m: float, m_prev: float, rate: int, config: AdaCacheConfig) -> float:
+    """MoReg's multiplier ``m + |mograd_mul * (m - m_prev) / rate|`` (``m`` already normalised;
+    ``rate``: the reuse length in force)."""
+    return m + abs(config.mograd_mul * (m - m_prev) / rate)
 
 
 def normalise_motion(raw: float, config: AdaCacheConfig) -> float:
@@ -215,7 +233,9 @@ class AdaCacheState(TeaCacheState):
         super().__init__()
         self.last_compute: int | None = None
         self.next_compute = 0
-        self.metric: torch.Tensor | None = None  # metric block's residual at the last compute
+        self.rate = 1  # the reuse length in force (the official initial ``attn_cache_rate``)
+        self.attention: torch.Tensor | None = None  # this forward's metric attention output
+        self.metric: torch.Tensor | None = None  # the metric attention output at the last compute
         self.m_prev = 1.0
         self.frame_tokens: int | None = None  # S, this forward's tokens per latent frame
         self.frames = 0  # latent frames after temporal patching
@@ -245,25 +265,26 @@ class AdaCacheBlockHook(TeaCacheBlockHook):
         if not self.metric:
             return super().new_forward(module, *args, **kwargs)
         state = self.states.get_state()
-        hidden_in = base.block_inputs(self.meta, args, kwargs)[0]
+        state.attention = None
         out = super().new_forward(module, *args, **kwargs)
         if not state.skipping:
-            hidden_out = base.block_outputs(self.meta, out)[0]
-            self._measure(state, hidden_out - hidden_in)
+            if state.attention is None:
+                raise RuntimeError("adacache: the metric block's attention did not run in a computed forward")
+            self._measure(state, state.attention)
+            state.attention = None
         return out
 
     def _measure(self, state: AdaCacheState, r: torch.Tensor) -> None:
         """On a computed step: the distance, MoReg and the next reuse length."""
         info, config = state.info, self.ada
         sched = self.top.schedule(info.num_steps)
-        kept, r = r.detach(), r.detach().float()  # kept in the model's dtype, measured in fp32
+        r = r.detach()  # kept in the model's dtype; the sums accumulate in fp32
         detail: dict[str, Any] = {}
         if state.metric is None or state.last_compute is None or state.metric.shape != r.shape:
             rate = 1
         else:
-            since = max(1, info.step - state.last_compute)
-            prev = state.metric.float()
-            sums = [(r - prev).abs().sum(), prev.abs().sum()]
+            prev = state.metric
+            sums = [base.l1(r, prev), base.l1(prev)]
             S = state.frame_tokens
             lo, hi = sched.moreg_window
             # rank-independent: the global frame count, never this rank's share of the sequence
@@ -271,19 +292,33 @@ class AdaCacheBlockHook(TeaCacheBlockHook):
             if in_window:
                 sums += motion_sums(r, S)
             values = base.agreed_values(torch.stack(sums))
-            c = (values[0] / values[1] if values[1] > 0 else float("inf")) / since
+            c = (values[0] / values[1] if values[1] > 0 else float("inf")) / state.rate
             detail["distance"] = c
             if config.moreg:
                 m = normalise_motion(values[2] / values[3], config) if in_window and values[3] > 0 else 1.0
-                factor = motion_factor(m, state.m_prev, since, config)
+                factor = motion_factor(m, state.m_prev, state.rate, config)
                 state.m_prev = m
                 c *= factor
                 detail.update(motion=m, moreg_factor=factor)
             rate = lookup(sched.codebook, c)
-        state.metric = kept
+        state.metric = r
         state.last_compute = info.step
+        state.rate = rate
         state.next_compute = info.step + rate
         state.record.detail = {**detail, "rate": rate, "next_compute": state.next_compute}
+
+
+class MetricAttentionHook(base.BranchHook):
+    """On the metric block's self-attention module: hands its output (the video tokens) to the
+    block's decision; it only runs when the block computes."""
+
+    _is_stateful = False
+
+    def new_forward(self, module: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
+        out = self.fn_ref.original_forward(*args, **kwargs)
+        if self.states.has_context:
+            self.states.get_state().attention = out[0] if isinstance(out, tuple) else out
+        return out
 
 
 class AdaCacheForwardHook(base.TransformerHook):
@@ -342,6 +377,12 @@ def apply_adacache(
         "adacache", states, layout, transformer, params, pipeline,
         config=config, patch=patch_sizes(transformer.config),
     )
+    block_key = blocks[metric][0]
+    attention = [m for key, m, kind in layout.attention_modules(transformer)
+                 if kind == "spatial" and key.rpartition(".")[0] == block_key]
+    if not attention:
+        raise base.CacheError(f"adacache: metric block {metric} has no self-attention module to measure")
+    base.register(attention[0], MetricAttentionHook(states, block_key), "adacache.metric")
     never = TeaCacheConfig(thresh=0.0)  # TeaCache's own rule is not used; only its skip machinery
     for i, (key, block) in enumerate(blocks):
         hook = AdaCacheBlockHook(

@@ -191,10 +191,17 @@ def agreed_values(values: torch.Tensor) -> list[float]:
     return values.flatten().tolist()
 
 
+def l1(a: torch.Tensor, b: torch.Tensor | None = None) -> torch.Tensor:
+    """``sum|a - b|`` (``sum|a|`` without ``b``) as an fp32 scalar on ``a``'s device, accumulated in
+    fp32 without an fp32 copy of a residual-sized tensor: the difference is taken in the tensors'
+    own dtype (one temporary of their size), the sum widens on the fly."""
+    diff = a.abs() if b is None else torch.sub(a, b.to(a.dtype)).abs_()
+    return diff.sum(dtype=torch.float32)
+
+
 def relative_l1(current: torch.Tensor, previous: torch.Tensor) -> float:
-    """``mean|current - previous| / mean|previous|`` in fp32, agreed across ranks."""
-    cur, prev = current.float(), previous.float()
-    num, den = agreed_values(torch.stack([(cur - prev).abs().sum(), prev.abs().sum()]))
+    """``mean|current - previous| / mean|previous|`` accumulated in fp32, agreed across ranks."""
+    num, den = agreed_values(torch.stack([l1(current, previous), l1(previous)]))
     return num / den if den > 0 else float("inf")
 
 
@@ -480,6 +487,24 @@ class TransformerHook(ModelHook):
                 return args[i]
         return default
 
+    def cond_half(self, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+        """The inputs of a batched [uncond, cond] forward cut to their cond rows. Only the adapter's
+        ``batched_inputs`` whose first dimension really is the batch are cut: a conditioning tensor
+        with one row for the whole batch (CogVideoX image-to-video's ``ofs``) is passed as it is."""
+        batch = self.arg("hidden_states", args, kwargs).shape[0]
+
+        def half(value: Any) -> Any:
+            if torch.is_tensor(value) and value.ndim > 0 and value.shape[0] == batch:
+                return value[batch // 2 :]
+            return value
+
+        names = self.layout.batched_inputs
+        args = tuple(
+            half(v) if i < len(self._arg_names) and self._arg_names[i] in names else v
+            for i, v in enumerate(args)
+        )
+        return args, {k: half(v) if k in names else v for k, v in kwargs.items()}
+
     def branches(self, args: tuple, kwargs: dict) -> int:
         """CFG branches one forward serves: 2 for a batched [uncond, cond] forward, else 1."""
         if self.layout.cfg_layout != "batched":
@@ -524,11 +549,17 @@ class TransformerHook(ModelHook):
             return float(ts.max())
         if not self.needs_timestep:
             return None
+        host = self.host_timesteps()
+        if host is not None and step < len(host):
+            return host[step]
+        return float(ts.max())  # no pipeline schedule known: one sync
+
+    def host_timesteps(self) -> list[float] | None:
+        """The pipeline scheduler's timesteps on the host (copied once per video); None without a
+        pipeline. For schedule-only rules that look ahead (FasterCache: what the next step will do)."""
         if self._host_timesteps is None and torch.is_tensor(self._schedule_key):
             self._host_timesteps = [float(x) for x in self._schedule_key.tolist()]  # once a video
-        if self._host_timesteps is not None and step < len(self._host_timesteps):
-            return self._host_timesteps[step]
-        return float(ts.max())  # no pipeline schedule known: one sync
+        return self._host_timesteps
 
 
 # --------------------------------------------------------------------------------------------

@@ -299,9 +299,7 @@ def _agreed_fbc_decision(hook: Any, states: base.BranchStates):
         prev = hook.state_manager.get_state().head_block_residual
         if prev is None:
             return True
-        num, den = base.agreed_values(
-            torch.stack([(residual.float() - prev.float()).abs().sum(), prev.float().abs().sum()])
-        )
+        num, den = base.agreed_values(torch.stack([base.l1(residual, prev), base.l1(prev)]))
         diff = num / den if den > 0 else math.inf
         record = states.get_state().record
         if record is not None:

@@ -363,15 +363,15 @@ class MixBlockHook(base.BranchHook):
             new = (out_h - hidden, None if out_e is None or enc is None else out_e - enc)
             old = state.blocks.get(self.index)
             if old is not None and old[0].shape == new[0].shape:
-                state.pending.append(("block", self.index, (new[0].float() - old[0].float()).abs().sum()))
+                state.pending.append(("block", self.index, base.l1(new[0], old[0])))
             state.blocks[self.index] = new
         if self.tail:
             in_h, in_e = state.stack_in
             new = (out_h - in_h, out_e - in_e if self.text_residual and out_e is not None else None)
             old = state.stack
             if old is not None and old[0].shape == new[0].shape:
-                state.pending.append(("step", None, (new[0].float() - old[0].float()).abs().sum()))
-            state.pending.append(("ref", None, out_h.float().abs().sum()))
+                state.pending.append(("step", None, base.l1(new[0], old[0])))
+            state.pending.append(("ref", None, base.l1(out_h)))
             state.stack, state.stack_in = new, None
         return out
 
@@ -433,19 +433,6 @@ class MixForwardHook(base.TransformerHook):
             return self.link.cfg_active() is True
         return self.layout.cfg_layout == "batched" and record.branches == 2
 
-    def _cond_half(self, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
-        """The batched inputs cut to their cond rows (the second half of [uncond, cond])."""
-
-        def half(value: Any) -> Any:
-            return value.chunk(2)[1] if torch.is_tensor(value) and value.ndim > 0 else value
-
-        names = self.layout.batched_inputs
-        args = tuple(
-            half(v) if i < len(self._arg_names) and self._arg_names[i] in names else v
-            for i, v in enumerate(args)
-        )
-        return args, {k: half(v) if k in names else v for k, v in kwargs.items()}
-
     # -- the forward -----------------------------------------------------------------------
     def run(self, module: torch.nn.Module, state: MixState, args: tuple, kwargs: dict) -> Any:
         info, record, sh = state.info, state.record, self.shared
@@ -488,7 +475,7 @@ class MixForwardHook(base.TransformerHook):
             state.mode = "pass"
             record.branches_run = 1
             record.action = "cfg: cond only, uncond synthesised"
-            args, kwargs = self._cond_half(args, kwargs)
+            args, kwargs = self.cond_half(args, kwargs)
             out = self.fn_ref.original_forward(*args, **kwargs)
             cond = base.sample_of(out)
             uncond = (cond.float() + sh.delta).to(cond.dtype)
@@ -531,8 +518,8 @@ class MixForwardHook(base.TransformerHook):
             delta = uncond - cond
         if delta is not None:
             if sh.delta is not None and sh.delta.shape == delta.shape:
-                pending.append(("cfg", None, (delta - sh.delta).abs().sum()))
-                pending.append(("cfg_ref", None, uncond.float().abs().sum()))
+                pending.append(("cfg", None, base.l1(delta, sh.delta)))
+                pending.append(("cfg_ref", None, base.l1(uncond)))
         values = base.agreed_values(torch.stack([p[2] for p in pending])) if pending else []
         got = {(kind, key): v for (kind, key, _), v in zip(pending, values)}
         ref = got.get(("ref", None), 0.0)

@@ -7,10 +7,12 @@ and broadcasts (reuses) the last computed output in between. Norms, modulation, 
 always run: only the attention module's output (after its output projection, before gate and
 residual) is cached.
 
-Rule, per attention module and per branch: inside the kind's window ``lo < t < hi`` the module's
-in-window call counter ``c`` (0 on the first call inside the window) decides: reuse iff
-``c % r != 0`` and a cached output of the right batch exists; otherwise compute and store.
-Outside the window always compute, keeping nothing (and reset the counter).
+Rule, per attention module and per branch, as VideoSys (PAB's official code) runs it: the module's
+call counter ``c`` counts every call of this branch in the video (0 on the first), inside the
+window or not; reuse iff the timestep is inside the kind's window ``lo < t < hi``, ``c % r != 0``
+and a cached output of the right batch exists; otherwise compute and store (also outside the
+window, so that a window opening on a reuse call has its output: one output per module, the
+peak is the same).
 
 What is ours (the paper and its code were written for models with a separate temporal attention,
 and diffusers' implementation shares one counter and one cache between the CFG branches):
@@ -61,7 +63,7 @@ class _Slot:
     __slots__ = ("calls", "output")
 
     def __init__(self) -> None:
-        self.calls = 0  # calls inside the window since entering it
+        self.calls = 0  # calls of this module in this branch and video (VideoSys' count)
         self.output: Any = None
 
     def tensors(self):
@@ -87,10 +89,7 @@ class PABAttentionHook(base.BranchHook):
         slot = state.slots.get(self.key)
         if slot is None:
             slot = state.slots[self.key] = _Slot()
-        if not base.in_window(state.info.t, self.window):
-            slot.calls, slot.output = 0, None  # nothing to keep outside the window
-            return self.fn_ref.original_forward(*args, **kwargs)
-        reuse = slot.calls % self.every != 0
+        reuse = slot.calls % self.every != 0 and base.in_window(state.info.t, self.window)
         slot.calls += 1
         if reuse:
             cached = base.fit_batch(slot.output, base.batch_of(args, kwargs))

@@ -220,15 +220,24 @@ def embedder_indicator(layout: base.Layout, retention: bool) -> tuple[str, int |
 
 
 class IndicatorHook(base.BranchHook):
-    """On the time embedder (Wan, CogVideoX): keeps this forward's indicator for the decision."""
+    """On the time embedder (Wan, CogVideoX): keeps this forward's indicator for the decision,
+    computed as the plan computes it (the adapter's ``embedder_indicator``: fp32 on Wan)."""
 
-    def __init__(self, states: base.BranchStates, key: str, index: int | None) -> None:
+    def __init__(
+        self, states: base.BranchStates, key: str, layout: base.Layout, retention: bool,
+        transformer: torch.nn.Module,
+    ) -> None:
         super().__init__(states, key)
-        self.index = index
+        self.layout, self.retention = layout, retention
+        self.transformer = weakref.ref(transformer)
 
-    def post_forward(self, module: torch.nn.Module, output: Any) -> Any:
+    def new_forward(self, module: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
+        output = self.fn_ref.original_forward(*args, **kwargs)
         if self.states.has_context:  # not when ``precompute_schedule`` calls the embedder
-            self.states.get_state().indicator = output if self.index is None else output[self.index]
+            state = self.states.get_state()
+            if not (state.planned and state.info.step in state.planned):  # planned: decided without it
+                state.indicator = self.layout.embedder_indicator(
+                    self.transformer(), args, kwargs, output, self.retention)
         return output
 
 
@@ -267,15 +276,15 @@ class TeaCacheBlockHook(base.BranchHook):
             indicator = self.layout.block_indicator(module, self.meta, hidden, args, kwargs)
         else:
             indicator = state.indicator
-        if indicator is None:
-            raise RuntimeError("teacache: the time embedder's indicator was not seen this forward")
-        if state.planned is None and not self.indicator_from_norm1:
+        if state.planned is None and not self.indicator_from_norm1 and indicator is not None:
             state.planned = self._plan(module, info.step, indicator)
         planned = state.planned
         if planned and info.step in planned:
             have_residual = state.residual is not None and state.seen
             distance = lambda: planned[info.step]  # noqa: E731 - read only when decide needs it
         else:
+            if indicator is None:
+                raise RuntimeError("teacache: the time embedder's indicator was not seen this forward")
             prev = state.prev_indicator
             have_residual = state.residual is not None and prev is not None
             distance = lambda: base.relative_l1(indicator, prev)  # noqa: E731
@@ -283,7 +292,7 @@ class TeaCacheBlockHook(base.BranchHook):
             self.config, state.acc, info.step, info.num_steps, have_residual, distance
         )
         state.seen = True
-        state.prev_indicator = None if planned else indicator.float()
+        state.prev_indicator = None if planned or indicator is None else indicator.float()
         state.indicator = None
         state.record.detail = {"rel_l1": d, "acc": state.acc}
         return compute
@@ -342,8 +351,8 @@ def apply_teacache(
     states = base.BranchStates(TeaCacheState)
     source = embedder_indicator(layout, config.retention)
     if source is not None:
-        name, index = source
-        hook = IndicatorHook(states, name, index)
+        name, _ = source
+        hook = IndicatorHook(states, name, layout, config.retention, transformer)
         base.register(transformer.get_submodule(name), hook, "teacache.indicator")
     blocks = layout.blocks(transformer)
     hooks = []

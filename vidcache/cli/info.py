@@ -52,15 +52,19 @@ def presets_cmd(
 ) -> None:
     """The shipped presets: each model's defaults and cache method tables."""
     from .. import presets
-    from ..caches import check_preset
+    from ..caches import check_preset, method_note
 
     with guarded(False):
         names = [model] if model else presets.available()
         loaded = {n: check_preset(presets.load(n)) for n in names}
-    data = {n: {"defaults": p.defaults, **p.methods} for n, p in loaded.items()}
+    notes = {n: {m: method_note(m) for m in p.methods if method_note(m)} for n, p in loaded.items()}
+    data = {n: {"defaults": p.defaults, **p.methods, **({"method_notes": notes[n]} if notes[n] else {})}
+            for n, p in loaded.items()}
     if json_out:
         sys.stdout.write(json.dumps(data, indent=2) + "\n")
         return
     for n in loaded:
         out_console.rule(f"[bold]{n}")
         out_console.print((presets.PRESET_DIR / f"{n}.toml").read_text(), highlight=False, markup=False)
+        for method, note in notes[n].items():
+            out_console.print(f"note ({method}): {note}", highlight=False, markup=False)

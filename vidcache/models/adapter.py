@@ -143,6 +143,13 @@ class FamilyAdapter:
         (fp32 where the official code is fp32): one row per timestep."""
         raise NotImplementedError(f"{self.name}: the TeaCache indicator depends on the content")
 
+    def embedder_indicator(self, transformer: Any, args: tuple, kwargs: dict, output: Any, retention: bool) -> Any:
+        """TeaCache's indicator of one forward, from its time embedder's call (``teacache.module``):
+        what the plan (``timestep_indicators``) computes for that forward's timestep. Here the
+        embedder's output itself; a family whose output is rounded to the model's dtype recomputes."""
+        index = self.teacache.retention_index if retention else self.teacache.index
+        return output if index is None else output[index]
+
     def block_indicator(self, block: Any, meta: Any, hidden: Any, args: tuple, kwargs: dict) -> Any:
         """TeaCache's content-dependent indicator, from the first block's call (``teacache.module`` None)."""
         raise NotImplementedError
@@ -160,3 +167,16 @@ class FamilyAdapter:
 
     def __repr__(self) -> str:
         return f"<{self.name} adapter>"
+
+
+def fp32_call(module: Any, *inputs: Any) -> Any:
+    """``module(*inputs)`` computed in fp32 whatever the module's dtype (its weights upcast for the
+    call only): for the small embedders whose fp32 output an official method compares."""
+    import torch
+    from torch.func import functional_call
+
+    if all(p.dtype == torch.float32 for p in module.parameters()):
+        return module(*(x.float() if torch.is_tensor(x) and x.is_floating_point() else x for x in inputs))
+    state = {k: v.float() if v.is_floating_point() else v for k, v in module.state_dict(keep_vars=True).items()}
+    return functional_call(module, state, tuple(x.float() if torch.is_tensor(x) and x.is_floating_point() else x
+                                                for x in inputs))

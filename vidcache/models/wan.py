@@ -46,14 +46,22 @@ class WanAdapter(FamilyAdapter):
         return name, fallback
 
     def timestep_indicators(self, transformer: Any, timesteps: Any, retention: bool) -> Any:
+        """The official code embeds the timestep in fp32 (``temb``; retention mode: its projection
+        ``timestep_proj``) and its coefficients were fitted on that: diffusers' embedder returns
+        ``temb`` cast to the model's dtype, so this recomputes it in fp32, weights upcast."""
         import torch
+
+        from .adapter import fp32_call
 
         ce = transformer.condition_embedder
         ts = timesteps.to(next(iter(ce.parameters())).device, torch.float32)  # offloaded: where it is
-        proj = ce.timesteps_proj(ts)
-        time_dtype = next(iter(ce.time_embedder.parameters())).dtype
-        temb = ce.time_embedder(proj.to(time_dtype)).to(transformer.dtype)
-        return (ce.time_proj(ce.act_fn(temb)) if retention else temb).float()
+        temb = fp32_call(ce.time_embedder, ce.timesteps_proj(ts))
+        return fp32_call(ce.time_proj, ce.act_fn(temb)) if retention else temb
+
+    def embedder_indicator(self, transformer: Any, args: tuple, kwargs: dict, output: Any, retention: bool) -> Any:
+        timestep = args[0] if args else kwargs["timestep"]  # flattened per token on Wan 2.2 TI2V
+        like = output[self.teacache.retention_index if retention else self.teacache.index]
+        return self.timestep_indicators(transformer, timestep.flatten(), retention).reshape(like.shape)
 
 
 ADAPTER = WanAdapter()
