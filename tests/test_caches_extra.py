@@ -33,6 +33,7 @@ FIRING = {
     "fbcache": {"threshold": 0.6},
     "taylorseer": {"cache_interval": 2, "disable_cache_before_step": 2},
     "magcache": {"mag_ratios": [1.0] * STEPS, "max_skip_steps": 2},
+    "seacache": {"threshold": 10.0},
 }
 METHODS = tuple(FIRING)
 
@@ -127,7 +128,7 @@ def test_skips_bound_reset_branches_remove(pipes, references, uncached_units, me
         # a second video starts clean
         second = run_pipe(pipe, family, steps=STEPS)
         np.testing.assert_array_equal(first, second)
-        if method in ("fbcache", "taylorseer", "magcache"):
+        if method in ("fbcache", "taylorseer", "magcache", "seacache"):
             assert params["implementation"].startswith("diffusers.hooks.")
     finally:
         caches.remove_cache(pipe)
@@ -158,6 +159,68 @@ def test_taylorseer_hooks_every_block(pipes):
         params = caches.apply_cache(pipes[fam], "taylorseer")
         caches.remove_cache(pipes[fam])
         assert params["hooked_modules"] == len(base.layout_of(pipes[fam].transformer).blocks(pipes[fam].transformer))
+
+
+def test_seacache_gate_decides_as_diffusers_own(pipes, references, monkeypatch):
+    """On Wan, where diffusers' SeaCache runs as shipped, vidcache's rank-agreed gate takes the same
+    decisions and renders the same video as diffusers' own gate."""
+    from vidcache.caches import baselines
+
+    pipe, runs = pipes["wan"], []
+    for agreed in (True, False):
+        if not agreed:  # leave diffusers' own resolve_gate on the shared state
+            monkeypatch.setattr(baselines, "_agreed_sea_gate", lambda shared, states: shared.resolve_gate)
+        caches.apply_cache(pipe, "seacache", threshold=1.0)
+        try:
+            video = run_pipe(pipe, "wan", steps=STEPS)
+            runs.append((video, [e["blocks"] for e in caches.cache_stats(pipe)["per_step"]]))
+        finally:
+            caches.remove_cache(pipe)
+    assert runs[0][1] == runs[1][1] and any(b[0] == 0 for b in runs[0][1])
+    np.testing.assert_array_equal(runs[0][0], runs[1][0])
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_seacache_gets_the_step_and_noise_level_on_every_family(pipes, family):
+    """Only Wan's pipeline gives diffusers' SeaCache its step, step count and sigma: on the others
+    vidcache supplies them, so it reuses (diffusers alone would run every step there) and reports
+    the distances it decided on."""
+    caches.apply_cache(pipes[family], "seacache", threshold=10.0)
+    try:
+        run_pipe(pipes[family], family, steps=STEPS)
+        stats = caches.cache_stats(pipes[family])
+    finally:
+        caches.remove_cache(pipes[family])
+    assert stats["method"] == "diffusers-seacache" and stats["compute_ratio"] == pytest.approx(0.5)
+    assert all(e["distance"] > 0 for e in stats["per_step"] if "distance" in e)
+
+
+def test_seacache_indicator_is_diffusers_filter():
+    from diffusers.hooks.sea_cache import _apply_sea_filter
+
+    from vidcache.caches.baselines import sea_indicator
+
+    latent = torch.randn(4, 3, 8, 10, generator=torch.Generator().manual_seed(0))
+    for sigma in (0.05, 0.5, 0.97):
+        ours = sea_indicator(latent, sigma, 3.0)
+        theirs = _apply_sea_filter(latent.movedim(0, -1), sigma=sigma, power_exp=3.0)
+        torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-6)
+        assert ours.untyped_storage().nbytes() == ours.numel() * 4  # not a view of a complex tensor
+
+
+def test_seacache_noise_level():
+    from diffusers import CogVideoXDDIMScheduler, FlowMatchEulerDiscreteScheduler
+
+    from vidcache.caches.baselines import noise_level
+
+    flow = FlowMatchEulerDiscreteScheduler(shift=3.0)
+    flow.set_timesteps(10)
+    for t, sigma in zip(flow.timesteps.tolist(), flow.sigmas.tolist()):
+        assert noise_level(flow, t) == pytest.approx(sigma, abs=1e-6)
+    vp = CogVideoXDDIMScheduler(rescale_betas_zero_snr=True)
+    a = float(vp.alphas_cumprod[500])
+    assert noise_level(vp, 500.0) == pytest.approx(a**-0.5 * (1 - a) ** 0.5 / (1 + a**-0.5 * (1 - a) ** 0.5))
+    assert noise_level(vp, 999.0) == pytest.approx(1.0, abs=1e-3) and noise_level(vp, 0.0) < 0.1
 
 
 def test_magcache_calibrates_on_the_first_video(pipes, references):

@@ -23,9 +23,14 @@ from .errors import UsageError
 from .runner import Events, QuietEvents, RunConfig, Runner, plan_run
 from .video import write_json, write_text
 
-MD_COLUMNS = ("method", "preset", "speedup", "speedup_e2e", "compute_ratio", "psnr", "ssim", "lpips",
-              "adherence", "cache_memory_mb")
-SHORT_HEADERS = ("method", "preset", "speedup", "e2e", "compute", "PSNR", "SSIM", "LPIPS", "adh.", "MB")
+MD_COLUMNS = ("method", "preset", "speedup", "speedup_e2e", "compute_ratio", "psnr", "psnr_median", "psnr_min",
+              "worst_frame", "worst_frame_min", "ssim", "lpips", "adherence", "cache_memory_mb")
+SHORT_HEADERS = ("method", "preset", "speedup", "e2e", "compute", "PSNR", "med.", "min", "worst fr.", "worst min",
+                 "SSIM", "LPIPS", "adh.", "MB")
+# the PSNR columns (vs the uncached video of the same prompt and seed), over the prompts of a row:
+#   psnr: mean of the clips' mean-over-frames PSNR; psnr_median / psnr_min: their median and minimum;
+#   worst_frame: mean of each clip's worst frame; worst_frame_min: the worst frame of all clips
+PSNR_COLUMNS = ("psnr", "psnr_median", "psnr_min", "worst_frame", "worst_frame_min")
 
 
 @dataclass(frozen=True)
@@ -61,7 +66,10 @@ def plan_bench(cfg: RunConfig, prompts: list[jobs_mod.Prompt], caches_spec: str)
 def _quality(ref: np.ndarray, test: np.ndarray, prompt: str, probe: bool) -> dict[str, Any]:
     from . import metrics
 
-    q = {"psnr": metrics.psnr(ref, test), "ssim": metrics.ssim(ref, test), "lpips": metrics.lpips(ref, test)}
+    frames = metrics.psnr_frames(ref, test)
+    worst = min(range(len(frames)), key=frames.__getitem__)
+    q = {"psnr": sum(frames) / len(frames), "worst_frame": frames[worst], "worst_frame_index": worst,
+         "ssim": metrics.ssim(ref, test), "lpips": metrics.lpips(ref, test)}
     if probe:
         q["adherent"] = bool(metrics.adherence(test, prompt)["ok"])
     return q
@@ -82,6 +90,23 @@ def _median(xs: list[float]) -> float | None:
 def _mean(xs: list[float]) -> float | None:
     xs = [x for x in xs if x is not None]
     return sum(xs) / len(xs) if xs else None
+
+
+def psnr_summary(samples: list[dict[str, Any]]) -> dict[str, Any]:
+    """The PSNR columns of one row (``PSNR_COLUMNS``) and its ``per_prompt`` list, from the samples
+    that carry quality (the first repeat of each prompt)."""
+    rated = [x for x in samples if x.get("psnr") is not None]
+    means, worst = [x["psnr"] for x in rated], [x["worst_frame"] for x in rated]
+    return {
+        "psnr": _mean(means),
+        "psnr_median": _median(means),
+        "psnr_min": min(means, default=None),
+        "worst_frame": _mean(worst),
+        "worst_frame_min": min(worst, default=None),
+        "per_prompt": [{"prompt": x["prompt"], "psnr": x["psnr"], "worst_frame": x["worst_frame"],
+                        "worst_frame_index": x["worst_frame_index"], "compute_ratio": x["compute_ratio"]}
+                       for x in rated],
+    }
 
 
 def run_bench(runner: Runner, contenders: list[Contender], repeat: int,
@@ -132,11 +157,12 @@ def run_bench(runner: Runner, contenders: list[Contender], repeat: int,
                 }
                 if r == 0:  # outputs are deterministic: quality once per prompt
                     sample |= _quality(refs[job.index], out, job.prompt, _has_probe(runner, job.prompt))
+                    sample["prompt"] = job.prompt
                 samples[c.spec].append(sample)
     rows = [{"method": "none", "preset": "-", "speedup": 1.0, "speedup_e2e": 1.0, "compute_ratio": 1.0,
-             "psnr": None, "ssim": 1.0, "lpips": None,
+             **dict.fromkeys(PSNR_COLUMNS), "ssim": 1.0, "lpips": None,
              "adherence": _mean([float(x) for x in base_probe]) if base_probe else None,
-             "cache_memory_mb": 0.0, "pairs": 0, "params": {}}]
+             "cache_memory_mb": 0.0, "pairs": 0, "params": {}, "per_prompt": []}]
     for c in contenders:
         s = samples[c.spec]
         adh = [float(x["adherent"]) for x in s if "adherent" in x]
@@ -146,7 +172,7 @@ def run_bench(runner: Runner, contenders: list[Contender], repeat: int,
             "speedup": _median([x["speedup"] for x in s]),
             "speedup_e2e": _median([x["speedup_e2e"] for x in s]),
             "compute_ratio": _mean([x["compute_ratio"] for x in s]),
-            "psnr": _mean([x.get("psnr") for x in s]),
+            **psnr_summary(s),
             "ssim": _mean([x.get("ssim") for x in s]),
             "lpips": _mean([x.get("lpips") for x in s]),
             "adherence": _mean(adh) if adh else None,
@@ -176,7 +202,9 @@ def markdown(rows: list[dict[str, Any]], context: dict[str, Any]) -> str:
         f"\nModel `{context['model']}`, {context['jobs']} prompt(s) x {context['repeat']} repeat(s), "
         f"device {context['device']}. speedup = median paired ratio of denoising time, speedup_e2e = "
         "of the whole video; PSNR/SSIM/LPIPS against the uncached video of the same prompt and seed "
-        "(PSNR of the uncached row is infinite, shown as -)."
+        "(PSNR of the uncached row is infinite, shown as -). psnr is the mean over prompts of each clip's "
+        "mean-over-frames PSNR, psnr_median / psnr_min its median and worst prompt; worst_frame is the mean "
+        "over prompts of each clip's worst frame, worst_frame_min the worst frame of all clips."
     )
     if not context.get("lpips_available"):
         notes += " LPIPS skipped: its weights are not available locally (optional extra)."
@@ -184,6 +212,8 @@ def markdown(rows: list[dict[str, Any]], context: dict[str, Any]) -> str:
 
 
 def pareto_plot(rows: list[dict[str, Any]], path: Path) -> Path:
+    """Speed against PSNR: a dot at the mean over prompts, a bar from the worst prompt to the median
+    one, a cross at the mean worst frame."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -193,12 +223,18 @@ def pareto_plot(rows: list[dict[str, Any]], path: Path) -> Path:
     for r in rows:
         if r["method"] == "none" or r["psnr"] is None or r["speedup"] is None:
             continue
-        ax.scatter(r["speedup"], r["psnr"], s=36)
+        dot = ax.scatter(r["speedup"], r["psnr"], s=36)
+        colour = dot.get_facecolor()[0]
+        if r.get("psnr_min") is not None:
+            ax.vlines(r["speedup"], r["psnr_min"], max(r["psnr_median"], r["psnr"]), colors=[colour], lw=1)
+        if r.get("worst_frame") is not None:
+            ax.scatter(r["speedup"], r["worst_frame"], s=24, marker="x", color=colour)
         label = r["method"] if r["preset"] == "default" else f"{r['method']}.{r['preset']}"
         ax.annotate(label, (r["speedup"], r["psnr"]), textcoords="offset points", xytext=(4, 4), fontsize=8)
     ax.set_xlabel("speedup (denoising, median paired ratio)")
     ax.set_ylabel("PSNR vs uncached (dB)")
-    ax.set_title("vidcache bench: speed against quality")
+    ax.set_title("vidcache bench: mean over prompts (dot), worst to median prompt (bar),\nmean worst frame (x)",
+                 fontsize=9)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     tmp = path.with_name(f".{path.stem}.tmp.png")

@@ -29,6 +29,8 @@ a batch of 2), 1 for HunyuanVideo (guidance-distilled). Per row:
 | fbcache       | diffusers' First Block Cache: block 0's output and residual, the tail residual   |
 | taylorseer    | ``max_order + 1`` Taylor factors of every block output ("lite": of the output)   |
 | magcache      | the stack residual and the stack input (video stream)                            |
+| seacache      | ``residual_order + 1`` stack residuals (with the tail block's text output where  |
+|               | the blocks return one) and the filtered latent indicator (model dtype)           |
 
 Self-attention outputs of CogVideoX and HunyuanVideo cover video + text tokens (joint attention);
 Wan's cover the video tokens only. Peaks inside a forward (activations) are not counted: the
@@ -47,7 +49,7 @@ import torch
 GIB = 1024**3
 
 # Methods whose cache lives in diffusers' hooks as vidcache names them (``--cache`` accepts both).
-ALIASES = {"diffusers-fbcache": "fbcache", "diffusers-taylorseer": "taylorseer", "diffusers-magcache": "magcache"}
+ALIASES = {f"diffusers-{m}": m for m in ("fbcache", "taylorseer", "magcache", "seacache")}
 
 
 @dataclass(frozen=True)
@@ -151,6 +153,9 @@ def estimate_cache_bytes(method: str, params: dict[str, Any], model: ModelShape,
         return rows * factors * sum(block_out(i) for i in range(model.blocks))
     if method == "magcache":
         return rows * (stack + v)
+    if method == "seacache":  # residual_order + 1 residuals (with the tail's text output) and the indicator
+        entries = int(params.get("residual_order", 1)) + 1
+        return rows * (entries * (v + (t if fam.text_stream_blocks else 0)) + latent * b)
     return None
 
 

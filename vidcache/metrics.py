@@ -43,13 +43,21 @@ def _pair(ref: Any, test: Any) -> tuple[torch.Tensor, torch.Tensor]:
     return a.permute(0, 3, 1, 2).contiguous(), b.permute(0, 3, 1, 2).contiguous()
 
 
-def psnr(ref: Any, test: Any) -> float:
-    """Mean per-frame PSNR in dB (data range 1); identical frames count as ``PSNR_CAP``."""
+def psnr_frames(ref: Any, test: Any) -> list[float]:
+    """PSNR in dB of every frame (data range 1); identical frames count as ``PSNR_CAP``. A clip's
+    mean hides one broken frame (Wan's first frame, decoded alone by the causal VAE, breaks first
+    under step reuse): the bench reports the worst frame beside the mean."""
     from torchmetrics.functional.image import peak_signal_noise_ratio
 
     a, b = _pair(ref, test)
     per_frame = peak_signal_noise_ratio(b, a, data_range=1.0, reduction="none", dim=(1, 2, 3))
-    return float(torch.nan_to_num(per_frame, posinf=PSNR_CAP).clamp(max=PSNR_CAP).mean())
+    return torch.nan_to_num(per_frame, posinf=PSNR_CAP).clamp(max=PSNR_CAP).tolist()
+
+
+def psnr(ref: Any, test: Any) -> float:
+    """Mean per-frame PSNR in dB (data range 1); identical frames count as ``PSNR_CAP``."""
+    frames = psnr_frames(ref, test)
+    return sum(frames) / len(frames)
 
 
 def ssim(ref: Any, test: Any) -> float:

@@ -23,9 +23,11 @@ from .base import CacheError
 from .baselines import (
     FBCacheConfig,
     MagCacheBaselineConfig,
+    SeaCacheBaselineConfig,
     TaylorSeerConfig,
     apply_fbcache,
     apply_magcache,
+    apply_seacache,
     apply_taylorseer,
 )
 from .fastercache import FasterCacheConfig, apply_fastercache
@@ -58,10 +60,13 @@ REGISTRY: dict[str, CacheMethod] = {
     "fbcache": CacheMethod(FBCacheConfig, apply_fbcache),
     "taylorseer": CacheMethod(TaylorSeerConfig, apply_taylorseer),
     "magcache": CacheMethod(MagCacheBaselineConfig, apply_magcache),
+    "seacache": CacheMethod(SeaCacheBaselineConfig, apply_seacache),
 }
 
 # other spellings a user may type; presets use the canonical name's table
-ALIASES: dict[str, str] = {f"diffusers-{name}": name for name in ("fbcache", "taylorseer", "magcache")}
+ALIASES: dict[str, str] = {
+    f"diffusers-{name}": name for name in ("fbcache", "taylorseer", "magcache", "seacache")
+}
 
 
 def canonical(method: str) -> str:

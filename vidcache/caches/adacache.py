@@ -279,6 +279,8 @@ class AdaCacheBlockHook(TeaCacheBlockHook):
         info, config = state.info, self.ada
         sched = self.top.schedule(info.num_steps)
         r = r.detach()  # kept in the model's dtype; the sums accumulate in fp32
+        if r.untyped_storage().nbytes() > r.numel() * r.element_size():
+            r = r.clone()  # a view into the joint [text, video] output: keep the video tokens only
         detail: dict[str, Any] = {}
         if state.metric is None or state.last_compute is None or state.metric.shape != r.shape:
             rate = 1

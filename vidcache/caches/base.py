@@ -230,6 +230,7 @@ class PipelineLink:
 
     timesteps: Callable[[], Any] = lambda: None
     cfg_active: Callable[[], bool | None] = lambda: None
+    scheduler: Callable[[], Any] = lambda: None
 
     @classmethod
     def of(cls, pipe: Any) -> PipelineLink:
@@ -240,7 +241,7 @@ class PipelineLink:
             value = getattr(pipe, "do_classifier_free_guidance", None)
             return value if isinstance(value, bool) else None
 
-        return cls(timesteps, cfg_active)
+        return cls(timesteps, cfg_active, lambda: getattr(pipe, "scheduler", None))
 
 
 # --------------------------------------------------------------------------------------------
@@ -477,6 +478,15 @@ class TransformerHook(ModelHook):
     def never_fired_hint(self) -> str:
         return ""
 
+    def before_removal(self) -> None:
+        """Called by ``remove_cache`` before vidcache's hooks come off (a wrapped method's own hooks
+        that wrap vidcache's)."""
+
+    def after_removal(self) -> None:
+        """Called by ``remove_cache`` after vidcache's hooks came off (a wrapped method's own hooks
+        that vidcache's wrapped: a hook comes off before the ones inside it, or the chain of
+        forwards keeps a removed one)."""
+
     # -- helpers -------------------------------------------------------------------------------
     def arg(self, name: str, args: tuple, kwargs: dict, default: Any = None) -> Any:
         if name in kwargs:
@@ -644,9 +654,14 @@ def reset_hooks(transformer: torch.nn.Module) -> None:
 
 
 def remove_hooks(transformer: torch.nn.Module) -> None:
+    top = forward_hook(transformer)
+    if top is not None:
+        top.before_removal()
     for registry in _registries(transformer):
         for name in [n for n in registry._hook_order if n.startswith(HOOK_PREFIX)]:
             registry.remove_hook(name, recurse=False)
+    if top is not None:
+        top.after_removal()
     if hasattr(transformer, "_diffusers_hook"):
         transformer._diffusers_hook.invalidate_child_registries_cache()
 

@@ -1,11 +1,11 @@
-"""diffusers' own caches as baselines: First Block Cache, TaylorSeer and MagCache.
+"""diffusers' own caches as baselines: First Block Cache, TaylorSeer, MagCache and SeaCache.
 
 Why: so that users and ``vidcache bench`` can compare our methods against diffusers' in one run. The
 caching itself is diffusers' code (``apply_first_block_cache``, ``apply_taylorseer_cache``,
-``apply_mag_cache`` with their config classes); vidcache adds only what each needs to work on Wan,
-CogVideoX and HunyuanVideo and to be measured like our methods. In reports they are named
-``diffusers-fbcache``, ``diffusers-taylorseer`` and ``diffusers-magcache`` (``cache.stats.method``),
-and ``--cache`` accepts both spellings.
+``apply_mag_cache``, ``apply_sea_cache`` with their config classes); vidcache adds only what each
+needs to work on Wan, CogVideoX and HunyuanVideo and to be measured like our methods. In reports
+they are named ``diffusers-fbcache``, ``diffusers-taylorseer``, ``diffusers-magcache`` and
+``diffusers-seacache`` (``cache.stats.method``), and ``--cache`` accepts both spellings.
 
 What vidcache adds around them:
 
@@ -31,11 +31,29 @@ What vidcache adds around them:
     calibrated). ``cache.params.mag_ratios_source`` says where the ratios came from. Ratios
     are interpolated (diffusers' nearest) to each run's step count, and the step index comes from
     vidcache's clock, so Wan 2.2's second expert reads the ratios of the steps it really runs.
-* **Per-branch state**: all three keep their state in a diffusers ``StateManager`` keyed by the
+  - SeaCache (arXiv 2602.18993) compares a spectrally filtered copy of the transformer's input
+    latent between steps and skips the block stack while the accumulated relative L1 stays under
+    ``threshold``, adding the last residual extrapolated to first order. diffusers ships an
+    adapter for Wan text-to-video only and needs the pipeline to pass ``step_index``, ``sigma``
+    and ``num_inference_steps`` to ``cache_context``, which only Wan's pipeline does: on CogVideoX
+    and HunyuanVideo it would silently run every step ("fail-open"). vidcache gives it (a) the
+    latent to filter through the adapter (the first ``out_channels`` channels of ``hidden_states``,
+    as (C, T, H, W) per batch row: any family, image-to-video's condition channels left out) and
+    (b) the missing context fields from its clock: the step, the step count and the noise level
+    ``sigma`` of the flow interpolant ``x = (1 - sigma) x0 + sigma eps``, which is ``t / 1000`` for
+    flow-matching schedulers and ``sqrt(1 - a) / (sqrt(a) + sqrt(1 - a))`` (``a`` = alphas_cumprod
+    at ``t``) for a VP scheduler such as CogVideoX's DDIM, the same interpolant after dividing by
+    ``sqrt(a) + sqrt(1 - a)``.
+* **Per-branch state**: all four keep their state in a diffusers ``StateManager`` keyed by the
   cache context, so Wan's cond and uncond are kept apart.
 * **Rank agreement**: FBCache's skip decision is data-dependent; the head hook's decision function
   is replaced, on the instance, by the same rule (``mean|r - r_prev| / mean|r_prev| > threshold``)
   read through ``base.agreed_values`` (an unreduced per-rank decision deadlocks context parallelism).
+  SeaCache's gate reads one distance per batch row to the host (``.cpu()``) on every rank; its
+  gate is replaced, on the instance, by the same rule with the distances read through
+  ``base.agreed_values`` in one call, and its indicator by the same filter without the host read
+  diffusers' filter makes on the way (``sea_indicator``): one host read per forward instead of
+  three per batch row.
   TaylorSeer's and MagCache's decisions are schedule-only (counters and fixed ratios).
 * **Statistics**: a light hook on every block, registered *inside* diffusers' (so it only fires when
   the block really runs), counts executed blocks per forward; ``compute_ratio`` is therefore what
@@ -46,6 +64,7 @@ What vidcache adds around them:
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 import weakref
@@ -57,14 +76,17 @@ from diffusers.hooks import (
     FirstBlockCacheConfig,
     HookRegistry,
     MagCacheConfig,
+    SeaCacheConfig,
     TaylorSeerCacheConfig,
     apply_first_block_cache,
     apply_mag_cache,
+    apply_sea_cache,
     apply_taylorseer_cache,
 )
 from diffusers.hooks.first_block_cache import _FBC_BLOCK_HOOK, _FBC_LEADER_BLOCK_HOOK
 from diffusers.hooks.hooks import StateManager
 from diffusers.hooks.mag_cache import _MAG_CACHE_BLOCK_HOOK, _MAG_CACHE_LEADER_BLOCK_HOOK, nearest_interp
+from diffusers.hooks.sea_cache import _SEA_CACHE_BLOCK_HOOK, _SEA_CACHE_LEADER_BLOCK_HOOK, _SEA_CACHE_ROOT_HOOK
 from diffusers.hooks.taylorseer_cache import _TAYLORSEER_CACHE_HOOK
 
 from . import base
@@ -145,6 +167,30 @@ class MagCacheBaselineConfig:
             self.mag_ratios = [base.check_float("mag_ratios", v) for v in self.mag_ratios]
 
 
+@dataclass
+class SeaCacheBaselineConfig:
+    """diffusers' ``SeaCacheConfig`` (its defaults); the raw-vision callback is vidcache's."""
+
+    threshold: float = 0.25
+    residual_order: int = 1
+    retention_steps: int = 1
+    cache_end_steps: int = 1
+    max_consecutive_cached: int = 2
+    power_exp: float = 3.0
+
+    def __post_init__(self) -> None:
+        self.threshold = base.check_float("threshold", self.threshold)
+        base.check_int("residual_order", self.residual_order, 0)
+        base.check_int("retention_steps", self.retention_steps, 0)
+        base.check_int("cache_end_steps", self.cache_end_steps, 0)
+        base.check_int("max_consecutive_cached", self.max_consecutive_cached, 0)
+        self.power_exp = base.check_float("power_exp", self.power_exp)
+        self.sea()  # diffusers' own checks (threshold >= 0, order 0 or 1, power > 0)
+
+    def sea(self, raw_vision_callback: Any = None) -> SeaCacheConfig:
+        return SeaCacheConfig(**dataclasses.asdict(self), raw_vision_callback=raw_vision_callback)
+
+
 # ---------------------------------------------------------------------------- shared machinery
 
 
@@ -211,15 +257,21 @@ class BaselineHook(base.TransformerHook):
             for state in manager._state_cache.values():
                 yield from base.iter_tensors([v for v in vars(state).values() if _holds_tensors(v)])
 
-    def deinitalize_hook(self, module: torch.nn.Module) -> torch.nn.Module:
-        """Removed by ``remove_cache``: take diffusers' hooks off first (they wrap ours)."""
-        for sub in self.transformer.modules():
+    def before_removal(self) -> None:
+        """``remove_cache``: diffusers' hooks on the blocks come off first (they wrap our counting
+        hooks), the one on the transformer itself after ours (ours wraps it)."""
+        self._remove_diffusers_hooks(sub for sub in self.transformer.modules() if sub is not self.transformer)
+
+    def after_removal(self) -> None:
+        self._remove_diffusers_hooks([self.transformer])
+
+    def _remove_diffusers_hooks(self, modules) -> None:
+        for sub in modules:
             registry = getattr(sub, "_diffusers_hook", None)
             if registry is not None:
                 for name in self.hook_names:
                     registry.remove_hook(name, recurse=False)
         HookRegistry.check_if_exists_or_initialize(self.transformer).invalidate_child_registries_cache()
-        return module
 
     def run(self, module: torch.nn.Module, state: CountState, args: tuple, kwargs: dict) -> Any:
         state.ran = set()
@@ -489,3 +541,171 @@ def apply_magcache(
         MagCacheHook, "diffusers-magcache", transformer, layout, states, params, pipeline,
         needs_timestep=False, mag=mag, ratios=config.mag_ratios,
     )
+
+
+# ---------------------------------------------------------------------------- SeaCache
+
+
+def noise_level(scheduler: Any, t: float | None) -> float | None:
+    """``sigma`` of the flow interpolant ``x = (1 - sigma) x0 + sigma eps`` at timestep ``t``, from host
+    numbers (module docstring): a VP scheduler's ``alphas_cumprod``, else flow matching's ``t / 1000``."""
+    if t is None:
+        return None
+    alphas = getattr(scheduler, "alphas_cumprod", None)
+    flow = getattr(getattr(scheduler, "config", None), "prediction_type", None) == "flow_prediction"
+    if torch.is_tensor(alphas) and alphas.device.type == "cpu" and not flow:
+        a = float(alphas[min(max(int(round(t)), 0), len(alphas) - 1)])
+        return math.sqrt(1 - a) / (math.sqrt(a) + math.sqrt(1 - a))
+    return min(max(t / 1000.0, 0.0), 1.0)
+
+
+def _raw_vision(layout: base.Layout, out_channels: int):
+    """SeaCache's callback for any family: each batch row's noisy latent as (C, T, H, W), from the
+    transformer's ``hidden_states`` (the adapter's frame axis; condition channels beyond
+    ``out_channels`` left out)."""
+    channel_dim = 1 if layout.frame_dim == 2 else 2
+
+    def callback(module: torch.nn.Module, args: tuple, kwargs: dict) -> list[torch.Tensor] | None:
+        hidden = kwargs.get("hidden_states", args[0] if args else None)
+        if not torch.is_tensor(hidden) or hidden.ndim != 5:
+            return None
+        latent = hidden.narrow(channel_dim, 0, min(out_channels, hidden.shape[channel_dim]))
+        if channel_dim == 2:  # [B, F, C, H, W] -> [B, C, F, H, W]
+            latent = latent.transpose(1, 2)
+        return list(latent.unbind(0))
+
+    return callback
+
+
+def sea_indicator(latent: torch.Tensor, sigma: float, power: float) -> torch.Tensor:
+    """SeaCache's indicator of one (C, T, H, W) latent: the latent filtered in the 3-D Fourier domain
+    (T, H, W) by the Wiener gain of a clean signal of power ``1 / |f| ** power`` under noise level
+    ``sigma``, per axis ``s P / (s**2 P + n**2)`` with ``s = 1 - sigma``, ``n = sigma``, their product
+    scaled to unit mean (the paper's Eq. 7, as diffusers' ``_apply_sea_filter`` computes it). The same
+    numbers as diffusers' filter without its host read (a check of the mean gain that cannot fail:
+    every factor is positive and finite), in the latent's dtype and its own storage."""
+    x = latent.movedim(0, -1).contiguous().float()
+    sigma = max(1e-6, min(1.0 - 1e-6, sigma))
+    s, n = 1.0 - sigma, sigma
+    gain = None
+    for axis in range(3):
+        f = torch.fft.fftfreq(x.shape[axis], device=x.device, dtype=torch.float32)
+        clean = 1.0 / (f.abs().pow(power) + 1e-16)
+        g = (s * clean / (s**2 * clean + n**2 + 1e-16)).reshape([-1 if i == axis else 1 for i in range(x.ndim)])
+        gain = g if gain is None else gain * g
+    gain = gain / gain.mean()
+    out = torch.fft.ifftn(torch.fft.fftn(x, dim=(0, 1, 2)) * gain, dim=(0, 1, 2)).real
+    return out.to(latent.dtype).contiguous()
+
+
+def _sea_indicators(config: SeaCacheBaselineConfig):
+    """The leader hook's ``_build_indicator``, with ``sea_indicator`` for each batch row."""
+
+    def build(metadata: Any) -> list[torch.Tensor] | None:
+        if not metadata.raw_vision:
+            return None
+        return [sea_indicator(latent, metadata.sigma, config.power_exp).detach() for latent in metadata.raw_vision]
+
+    return build
+
+
+def _agreed_sea_gate(shared: Any, states: base.BranchStates):
+    """diffusers' SeaCache gate (``SeaCacheSharedState.resolve_gate``: forced steps, the accumulated
+    distance against ``threshold``, the cap on consecutive reuses), with its per-row distances read
+    through ``base.agreed_values`` in one call."""
+
+    @torch.compiler.disable
+    def resolve_gate(state: Any, metadata: Any, indicator: list | None, config: SeaCacheConfig) -> bool:
+        key = (metadata.step_index, metadata.sigma)
+        if state.gate_key == key:  # the leader asked twice for this step
+            return state.gate_should_compute
+        non_adjacent = state.gate_key is not None and metadata.step_index != state.gate_key[0] + 1
+        if non_adjacent:
+            shared.mark_fail_open("SeaCache received non-adjacent scheduler steps; running full.")
+            state.reset_trajectory()
+        capped = bool(config.max_consecutive_cached and state.consecutive_cached >= config.max_consecutive_cached)
+        forced = (non_adjacent or indicator is None or state.previous_indicator is None or capped
+                  or metadata.step_index < config.retention_steps
+                  or metadata.step_index >= metadata.num_inference_steps - config.cache_end_steps)
+        compute, accumulated, distance = True, 0.0, None
+        if not forced:
+            distance = _agreed_distance(indicator, state.previous_indicator)
+            if math.isfinite(distance):
+                accumulated = state.accumulated_distance + distance
+                compute = accumulated >= config.threshold
+            else:
+                shared.mark_fail_open("SeaCache indicator history changed shape, device, or dtype; running full.")
+        state.accumulated_distance = 0.0 if compute else accumulated
+        state.gate_key, state.gate_should_compute = key, compute
+        state.previous_indicator = None if indicator is None else [v.detach() for v in indicator]
+        record = states.get_state().record if states.has_context else None
+        if record is not None and distance is not None:
+            record.detail = {"distance": distance, "acc": state.accumulated_distance}
+        return compute
+
+    return resolve_gate
+
+
+def _agreed_distance(current: list[torch.Tensor], previous: list[torch.Tensor]) -> float:
+    """The mean over rows of ``mean|c - p| / mean|p|``, its sums read in one rank-agreed call."""
+    if len(current) != len(previous) or not current or any(
+            c.shape != p.shape or c.dtype != p.dtype for c, p in zip(current, previous)):
+        return math.inf
+    sums = base.agreed_values(torch.stack([x for c, p in zip(current, previous) for x in (base.l1(c, p), base.l1(p))]))
+    ratios = [num / den if den > 0 else math.inf for num, den in zip(sums[0::2], sums[1::2])]
+    return sum(ratios) / len(ratios)
+
+
+class SeaCacheHook(BaselineHook):
+    """Gives diffusers' SeaCache the scheduler coordinates only Wan's pipeline passes."""
+
+    hook_names = (_SEA_CACHE_ROOT_HOOK, _SEA_CACHE_LEADER_BLOCK_HOOK, _SEA_CACHE_BLOCK_HOOK)
+    branch_local = True  # diffusers' StateManager: one state per cache context
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._contexts: list[tuple[StateManager, Any]] = []
+
+    def never_fired_hint(self) -> str:
+        return f"threshold {self.params['threshold']} is below every accumulated indicator change; raise it"
+
+    def before(self, state: CountState) -> None:
+        info, self._contexts = state.info, []
+        for manager in self.state_managers():
+            ctx = manager._context
+            if ctx is None or None not in (ctx.step_index, ctx.sigma, ctx.num_inference_steps):
+                continue
+            filled = dataclasses.replace(
+                ctx,
+                step_index=info.step if ctx.step_index is None else ctx.step_index,
+                num_inference_steps=info.num_steps if ctx.num_inference_steps is None else ctx.num_inference_steps,
+                sigma=noise_level(self.link.scheduler(), info.t) if ctx.sigma is None else ctx.sigma,
+            )
+            self._contexts.append((manager, ctx))
+            manager.set_context(filled)
+
+    def after(self, state: CountState) -> None:
+        for manager, ctx in self._contexts:
+            manager.set_context(ctx)
+        self._contexts = []
+
+
+def apply_seacache(
+    transformer: torch.nn.Module, config: SeaCacheBaselineConfig, *, pipeline: base.PipelineLink | None = None
+) -> None:
+    """diffusers' SeaCache on ``transformer`` through vidcache's adapter (any family; module docstring)."""
+    layout = base.layout_of(transformer)
+    states = base.BranchStates(CountState)
+    _count_blocks(transformer, layout, states)
+    out_channels = int(transformer.config.out_channels or transformer.config.in_channels)
+    apply_sea_cache(transformer, config.sea(_raw_vision(layout, out_channels)))
+    root = transformer._diffusers_hook.get_hook(_SEA_CACHE_ROOT_HOOK)
+    root.shared_state.resolve_gate = _agreed_sea_gate(root.shared_state, states)
+    blocks = layout.blocks(transformer)
+    leader = blocks[0][1]._diffusers_hook.get_hook(_SEA_CACHE_LEADER_BLOCK_HOOK)
+    tail = blocks[-1][1]._diffusers_hook.get_hook(_SEA_CACHE_BLOCK_HOOK)
+    if leader is None or tail is None or not tail.is_tail:  # diffusers' block list is not the adapter's
+        raise base.CacheError(f"seacache: diffusers' SeaCache does not hook this {layout.name} transformer's stack")
+    leader._build_indicator = _sea_indicators(config)
+    params = {"implementation": "diffusers.hooks.apply_sea_cache", **base.config_params(config)}
+    _attach(SeaCacheHook, "diffusers-seacache", transformer, layout, states, params, pipeline, needs_timestep=True)
