@@ -62,7 +62,7 @@ def test_bench_quality_finds_the_broken_frame():
     ref = rng.uniform(0.2, 0.8, size=(9, 16, 16, 3)).astype(np.float32)
     test = ref + 0.001
     test[0] += rng.normal(0, 0.2, size=test[0].shape).astype(np.float32)
-    q = bench._quality(ref, np.clip(test, 0, 1), "a red ball", probe=False)
+    q = bench.clip_quality(ref, np.clip(test, 0, 1), "a red ball", probe=False)
     assert q["worst_frame_index"] == 0 and q["worst_frame"] < 16 < 40 < q["psnr"]
     samples = [dict(q, prompt="a", compute_ratio=0.5), dict(q, prompt="b", compute_ratio=0.5, psnr=q["psnr"] + 6)]
     summary = bench.psnr_summary(samples)

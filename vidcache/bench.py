@@ -63,7 +63,8 @@ def plan_bench(cfg: RunConfig, prompts: list[jobs_mod.Prompt], caches_spec: str)
     return base_plan, contenders
 
 
-def _quality(ref: np.ndarray, test: np.ndarray, prompt: str, probe: bool) -> dict[str, Any]:
+def clip_quality(ref: np.ndarray, test: np.ndarray, prompt: str, probe: bool) -> dict[str, Any]:
+    """PSNR (mean and worst frame), SSIM, LPIPS of one clip against its uncached twin; adherence with ``probe``."""
     from . import metrics
 
     frames = metrics.psnr_frames(ref, test)
@@ -136,7 +137,7 @@ def run_bench(runner: Runner, contenders: list[Contender], repeat: int,
             if job.index not in refs:
                 refs[job.index] = frames
                 if _has_probe(runner, job.prompt):
-                    base_probe.append(bool(_quality(frames, frames, job.prompt, True)["adherent"]))
+                    base_probe.append(bool(clip_quality(frames, frames, job.prompt, True)["adherent"]))
             for c in contenders:
                 runs = {}
                 for who in ("none", "cached") if (r + job.index) % 2 == 0 else ("cached", "none"):
@@ -156,7 +157,7 @@ def run_bench(runner: Runner, contenders: list[Contender], repeat: int,
                     "params": rep["cache"]["params"],
                 }
                 if r == 0:  # outputs are deterministic: quality once per prompt
-                    sample |= _quality(refs[job.index], out, job.prompt, _has_probe(runner, job.prompt))
+                    sample |= clip_quality(refs[job.index], out, job.prompt, _has_probe(runner, job.prompt))
                     sample["prompt"] = job.prompt
                 samples[c.spec].append(sample)
     rows = [{"method": "none", "preset": "-", "speedup": 1.0, "speedup_e2e": 1.0, "compute_ratio": 1.0,

@@ -8,11 +8,18 @@ output of the metric block's attention. That is what we do, with TeaCache's mach
 through, the tail stores ``output - input`` of the stack; CogVideoX keeps both streams' residuals);
 only the decision differs.
 
-Schedule, per branch (cache context), steps counted from 0 out of ``N``:
+Schedule, one for all CFG branches of a transformer, steps counted from 0 out of ``N``:
 
 * compute on step 0, on the last two steps (``i >= N - 2``), when no residual is cached yet (the
   first forward of a branch, or of Wan 2.2's second expert), and when ``i >= last + rate``;
-  otherwise skip the stack (add the cached residual).
+  otherwise skip the stack (each branch adds its own cached residual).
+* one schedule for both branches, as in the official code, which decides once for its batched
+  [cond, uncond] forward from norms over the whole batch: the L1 sums below are summed over the
+  branches (CogVideoX's batch holds both; Wan's separate forwards each add theirs and the step's
+  uncond forward decides). It matters: the guided prediction ``u + g (c - u)`` carries a
+  mismatch between a reused branch and a computed one ``g`` times, while errors of two branches
+  reused together largely cancel; per-branch schedules cost 1.6 dB at equal compute on the tiny
+  model. Under ``--cfg-parallel`` (the branches on two ranks) it is refused.
 * on a computed step: ``c = ||r_i - r_last||_1 / ||r_last||_1`` divided by the reuse length in
   force (``rate``, 1 before the first measurement): the official ``cache_diff / prev_rate``, which on
   the forced last steps differs from the steps since the last compute. With MoReg,
@@ -231,18 +238,48 @@ def motion_sums(r: torch.Tensor, S: int) -> list[torch.Tensor]:
 class AdaCacheState(TeaCacheState):
     def __init__(self) -> None:
         super().__init__()
-        self.last_compute: int | None = None
-        self.next_compute = 0
-        self.rate = 1  # the reuse length in force (the official initial ``attn_cache_rate``)
         self.attention: torch.Tensor | None = None  # this forward's metric attention output
-        self.metric: torch.Tensor | None = None  # the metric attention output at the last compute
-        self.m_prev = 1.0
+        self.metric: torch.Tensor | None = None  # this branch's metric attention output at the last compute
         self.frame_tokens: int | None = None  # S, this forward's tokens per latent frame
         self.frames = 0  # latent frames after temporal patching
 
     def tensors(self):
         yield from super().tensors()
         yield from base.iter_tensors(self.metric)
+
+
+class Joint:
+    """The one schedule every CFG branch of a transformer follows (module docstring): the official
+    code decides once for its batched [cond, uncond] forward, from norms over the whole batch; with
+    separate CFG forwards (Wan) each branch's L1 sums are pooled here and the step's last branch
+    decides. Host numbers only."""
+
+    def __init__(self) -> None:
+        self.last_compute: int | None = None
+        self.next_compute = 0
+        self.rate = 1  # the reuse length in force (the official initial ``attn_cache_rate``)
+        self.m_prev = 1.0
+        self.pool: list[float] | None = None  # this step's summed L1 sums so far
+
+    def add(self, values: list[float]) -> None:
+        self.pool = values if self.pool is None else [a + b for a, b in zip(self.pool, values)]
+
+    def decide(self, step: int, codebook: list, moreg: bool, config: AdaCacheConfig) -> dict[str, Any]:
+        """The next reuse length from the pooled sums (``rate = 1`` without a measurement)."""
+        detail: dict[str, Any] = {}
+        rate, pool = 1, self.pool
+        if pool is not None:
+            c = (pool[0] / pool[1] if pool[1] > 0 else float("inf")) / self.rate
+            detail["distance"] = c
+            if config.moreg:
+                m = normalise_motion(pool[2] / pool[3], config) if moreg and len(pool) > 2 and pool[3] > 0 else 1.0
+                factor = motion_factor(m, self.m_prev, self.rate, config)
+                self.m_prev = m
+                c *= factor
+                detail.update(motion=m, moreg_factor=factor)
+            rate = lookup(codebook, c)
+        self.last_compute, self.rate, self.next_compute, self.pool = step, rate, step + rate, None
+        return {**detail, "rate": rate, "next_compute": self.next_compute}
 
 
 class AdaCacheBlockHook(TeaCacheBlockHook):
@@ -253,12 +290,12 @@ class AdaCacheBlockHook(TeaCacheBlockHook):
         self.ada, self.top, self.metric = ada, top, metric
 
     def _decide(self, module, state: AdaCacheState, args, kwargs, hidden) -> bool:
-        info = state.info
+        info, joint = state.info, self.top.joint
         n = info.num_steps
         forced = state.residual is None or info.step == 0 or (n is not None and info.step >= n - 2)
-        compute = forced or info.step >= state.next_compute
+        compute = forced or info.step >= joint.next_compute
         if not compute:
-            state.record.detail = {"next_compute": state.next_compute}
+            state.record.detail = {"next_compute": joint.next_compute}
         return compute
 
     def new_forward(self, module: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
@@ -275,39 +312,25 @@ class AdaCacheBlockHook(TeaCacheBlockHook):
         return out
 
     def _measure(self, state: AdaCacheState, r: torch.Tensor) -> None:
-        """On a computed step: the distance, MoReg and the next reuse length."""
-        info, config = state.info, self.ada
+        """On a computed forward: this branch's L1 sums into the step's pool (one rank-agreed read);
+        the step's last branch then picks the next reuse length for all of them."""
+        info, config, joint = state.info, self.ada, self.top.joint
         sched = self.top.schedule(info.num_steps)
         r = r.detach()  # kept in the model's dtype; the sums accumulate in fp32
         if r.untyped_storage().nbytes() > r.numel() * r.element_size():
             r = r.clone()  # a view into the joint [text, video] output: keep the video tokens only
-        detail: dict[str, Any] = {}
-        if state.metric is None or state.last_compute is None or state.metric.shape != r.shape:
-            rate = 1
-        else:
-            prev = state.metric
+        prev = state.metric
+        lo, hi = sched.moreg_window
+        # rank-independent: the global frame count, never this rank's share of the sequence
+        in_window = config.moreg and lo <= info.step <= hi and state.frame_tokens is not None and state.frames > 1
+        if prev is not None and prev.shape == r.shape and joint.last_compute is not None:
             sums = [base.l1(r, prev), base.l1(prev)]
-            S = state.frame_tokens
-            lo, hi = sched.moreg_window
-            # rank-independent: the global frame count, never this rank's share of the sequence
-            in_window = config.moreg and lo <= info.step <= hi and S is not None and state.frames > 1
             if in_window:
-                sums += motion_sums(r, S)
-            values = base.agreed_values(torch.stack(sums))
-            c = (values[0] / values[1] if values[1] > 0 else float("inf")) / state.rate
-            detail["distance"] = c
-            if config.moreg:
-                m = normalise_motion(values[2] / values[3], config) if in_window and values[3] > 0 else 1.0
-                factor = motion_factor(m, state.m_prev, state.rate, config)
-                state.m_prev = m
-                c *= factor
-                detail.update(motion=m, moreg_factor=factor)
-            rate = lookup(sched.codebook, c)
+                sums += motion_sums(r, state.frame_tokens)
+            joint.add(base.agreed_values(torch.stack(sums)))
         state.metric = r
-        state.last_compute = info.step
-        state.rate = rate
-        state.next_compute = info.step + rate
-        state.record.detail = {**detail, "rate": rate, "next_compute": state.next_compute}
+        if self.top.decides(info):
+            state.record.detail = joint.decide(info.step, sched.codebook, in_window, config)
 
 
 class MetricAttentionHook(base.BranchHook):
@@ -326,10 +349,23 @@ class MetricAttentionHook(base.BranchHook):
 class AdaCacheForwardHook(base.TransformerHook):
     """Clock and statistics (base), tokens per frame for MoReg, the step-count rescaling."""
 
+    # one schedule for both CFG branches: under --cfg-parallel they live on different ranks
+    branch_local = False
+
     def __init__(self, *args: Any, config: AdaCacheConfig, patch: tuple[int, int, int], **kwargs: Any):
         super().__init__(*args, **kwargs)
         self.config, self.patch = config, patch  # (t, h, w)
         self._schedule = schedule_for(config, None)
+        self.joint = Joint()
+
+    def reset_shared(self) -> None:
+        self.joint = Joint()
+
+    def decides(self, info: base.StepInfo) -> bool:
+        """This forward is its step's last branch: Wan's uncond when CFG runs, else the only one."""
+        if self.layout.cfg_layout == "separate" and self.link.cfg_active():
+            return info.branch == "uncond"
+        return True
 
     def schedule(self, steps: int | None) -> Schedule:
         if steps != self._schedule.steps:
