@@ -120,8 +120,9 @@ def main(argv: list[str] | None = None) -> int:
                            "max_continuous_cached_steps": args.max_continuous},
             })
             r = rows[-1]
-            print(f"{r['preset']}: compute {r['compute_ratio']:.3f}, PSNR {r['psnr']:.2f} (median {r['psnr_median']:.2f}, "
-                  f"min {r['psnr_min']:.2f}, worst frame {r['worst_frame']:.2f})", file=sys.stderr)
+            print(f"{r['preset']}: compute {r['compute_ratio']:.3f}, PSNR {r['psnr']:.2f} (median "
+                  f"{r['psnr_median']:.2f}, min {r['psnr_min']:.2f}, worst frame {r['worst_frame']:.2f})",
+                  file=sys.stderr)
     finally:
         counter.close()
         runner.close()
