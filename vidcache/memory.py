@@ -21,10 +21,11 @@ a batch of 2), 1 for HunyuanVideo (guidance-distilled). Per row:
 | fastercache   | two outputs per self-attention module; CFG-Cache: the fp32 uncond-cond delta of  |
 |               | the latent output and cond's output (latent-sized, small); on Wan the uncond     |
 |               | branch keeps none when the attention window lies inside the CFG window           |
-| teacache      | the block-stack residual (CogVideoX: video and text streams); HunyuanVideo also  |
-|               | its indicator, block 0's modulated input, in fp32                                |
-| adacache      | TeaCache's residual plus the metric block's residual (the model's dtype)         |
-| mixcache      | the stack residual plus one residual per candidate block (``block_window``);     |
+| teacache      | the block-stack residual (CogVideoX: video and text streams; two with            |
+|               | ``residual_order = 1``); HunyuanVideo also its indicator, block 0's modulated    |
+|               | input, in fp32                                                                   |
+| adacache      | TeaCache's residual(s) plus the metric block's attention output (model dtype)    |
+| mixcache      | the stack residual(s) plus one residual per candidate block (``block_window``);  |
 |               | CFG: the fp32 delta and cond's output (latent-sized)                              |
 | fbcache       | diffusers' First Block Cache: block 0's output and residual, the tail residual   |
 | taylorseer    | ``max_order + 1`` Taylor factors of every block output ("lite": of the output)   |
@@ -133,16 +134,18 @@ def estimate_cache_bytes(method: str, params: dict[str, Any], model: ModelShape,
         if extra and fam.cfg_layout == "separate" and not uncond_keeps_attention(params):
             attention_rows = 1
         return attention_rows * 2 * n_self * self_out + extra
+    # residual_order 1 keeps the residual of the computed step before the last too (extrapolation)
+    stacks = (1 + int(params.get("residual_order", 0))) * stack
     if method == "teacache":  # a content indicator (block 0's modulated input) is kept in fp32
-        return rows * (stack + (tokens * model.hidden * 4 if not fam.teacache.timestep_only else 0))
-    if method == "adacache":  # the metric residual is kept in the model's dtype (cast to fp32 when read)
-        return rows * (stack + v)
+        return rows * (stacks + (tokens * model.hidden * 4 if not fam.teacache.timestep_only else 0))
+    if method == "adacache":  # the metric attention output is kept in the model's dtype
+        return rows * (stacks + v)
     if method == "mixcache":
         grans = params.get("granularities", ("step", "cfg", "block"))
         lo, hi = params.get("block_window", (0.25, 0.75))
         n = model.blocks
         candidates = [i for i in range(n) if lo <= i / n <= hi] if "block" in grans else []
-        per_row = stack + sum(block_out(i) for i in candidates)
+        per_row = stacks + sum(block_out(i) for i in candidates)
         return rows * per_row + (cfg_cache if cfg_pair and "cfg" in grans else 0)
     if method == "fbcache":
         return rows * (block_out(0) + v + block_out(model.blocks - 1))

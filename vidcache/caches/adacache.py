@@ -83,7 +83,7 @@ import torch
 
 from ..models.geometry import patch_sizes
 from . import base
-from .teacache import TeaCacheBlockHook, TeaCacheConfig, TeaCacheState
+from .teacache import TeaCacheBlockHook, TeaCacheConfig, TeaCacheState, check_residual_order
 
 FAST_30 = [[0.08, 6], [0.16, 5], [0.24, 4], [0.32, 3], [0.40, 2], [1.0, 1]]
 SLOW_30 = [[0.08, 3], [0.16, 2], [0.24, 1], [0.32, 1], [0.40, 1], [1.0, 1]]
@@ -127,9 +127,11 @@ class AdaCacheConfig:
     moreg_norm: float = 0.385
     moreg_power: float = 8.0
     mograd_mul: float = 10.0
+    residual_order: int = 0
 
     def __post_init__(self) -> None:
         self.codebook = _check_codebook(self.codebook)
+        check_residual_order(self.residual_order)
         base.check_int("codebook_steps", self.codebook_steps, 1)
         if self.metric_block is not None:
             base.check_int("metric_block", self.metric_block, 0)
@@ -434,6 +436,7 @@ def apply_adacache(
             ada=config,
             top=top,
             metric=i == metric,
+            residual_order=config.residual_order,
         )
         base.register(block, hook, "adacache")
     base.attach(transformer, top)

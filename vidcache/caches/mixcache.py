@@ -103,6 +103,7 @@ import torch
 
 from . import base
 from ._partial import block_attention_kinds, mark_partial
+from .teacache import check_residual_order, extrapolate
 
 GRANULARITIES = ("step", "cfg", "block")
 
@@ -120,6 +121,7 @@ class MixCacheConfig:
     max_streak: int = 3
     block_window: tuple[float, float] = (0.25, 0.75)
     block_fraction: float = 0.5
+    residual_order: int = 0
 
     def __post_init__(self) -> None:
         g = self.granularities
@@ -142,6 +144,7 @@ class MixCacheConfig:
         ):
             raise ValueError(f"'block_window' must be two depth fractions [lo, hi], 0 <= lo <= hi <= 1; got {w!r}")
         self.block_window = (float(w[0]), float(w[1]))
+        check_residual_order(self.residual_order)
         self.block_fraction = base.check_float("block_fraction", self.block_fraction)
         if not 0 < self.block_fraction <= 1:
             raise ValueError("'block_fraction' must be in (0, 1]")
@@ -309,12 +312,15 @@ class MixState(base.BranchState):
         self.mode = "full"  # this forward: "full" (exact, refresh), "pass", "block", "step"
         self.skip: frozenset = frozenset()
         self.stack: tuple[torch.Tensor, torch.Tensor | None] | None = None  # stack residual
+        self.stack_step: int | None = None
+        self.stack_prev: tuple[torch.Tensor, torch.Tensor | None] | None = None  # residual_order 1 only
+        self.stack_prev_step: int | None = None
         self.blocks: dict[int, tuple[torch.Tensor, torch.Tensor | None]] = {}
         self.stack_in: tuple[torch.Tensor, torch.Tensor | None] | None = None
         self.pending: list[tuple[str, Any, torch.Tensor]] = []  # measurements to read at the end
 
     def tensors(self):
-        yield from base.iter_tensors((self.stack, list(self.blocks.values()), self.stack_in))
+        yield from base.iter_tensors((self.stack, self.stack_prev, list(self.blocks.values()), self.stack_in))
 
 
 class MixBlockHook(base.BranchHook):
@@ -330,10 +336,12 @@ class MixBlockHook(base.BranchHook):
         tail: bool,
         candidate: bool,
         text_residual: bool,
+        residual_order: int = 0,
     ) -> None:
         super().__init__(states, key)
         self.index, self.head, self.tail, self.candidate = index, head, tail, candidate
         self.text_residual = text_residual
+        self.residual_order = residual_order
         self.meta = None
 
     def initialize_hook(self, module: torch.nn.Module) -> torch.nn.Module:
@@ -347,7 +355,8 @@ class MixBlockHook(base.BranchHook):
         if mode == "step":
             if not self.head:
                 return base.pack_block_output(self.meta, hidden, enc)
-            res_h, res_e = state.stack
+            res_h, res_e = extrapolate(state.stack, state.stack_step, state.stack_prev, state.stack_prev_step,
+                                       state.info.step, self.residual_order)
             return base.pack_block_output(self.meta, hidden + res_h, enc if res_e is None else enc + res_e)
         if mode == "block" and self.index in state.skip:
             res_h, res_e = state.blocks[self.index]
@@ -372,7 +381,9 @@ class MixBlockHook(base.BranchHook):
             if old is not None and old[0].shape == new[0].shape:
                 state.pending.append(("step", None, base.l1(new[0], old[0])))
             state.pending.append(("ref", None, base.l1(out_h)))
-            state.stack, state.stack_in = new, None
+            if self.residual_order:
+                state.stack_prev, state.stack_prev_step = state.stack, state.stack_step
+            state.stack, state.stack_step, state.stack_in = new, state.info.step, None
         return out
 
 
@@ -564,6 +575,7 @@ def apply_mixcache(
             tail=i == n - 1,
             candidate=i in candidates,
             text_residual=layout.text_residual,
+            residual_order=config.residual_order,
         )
         base.register(block, hook, "mixcache")
     params = base.config_params(config)

@@ -102,9 +102,11 @@ class TeaCacheConfig:
     retention: bool = False
     first_steps: int | None = None
     last_steps: int | None = None
+    residual_order: int = 0
 
     def __post_init__(self) -> None:
         self.thresh = base.check_float("thresh", self.thresh)
+        check_residual_order(self.residual_order)
         base.check_bool("retention", self.retention)
         c = self.coefficients
         if isinstance(c, str):
@@ -123,6 +125,27 @@ class TeaCacheConfig:
     def poly(self) -> tuple[float, ...]:
         c = self.coefficients
         return COEFFICIENTS[c] if isinstance(c, str) else tuple(c)
+
+
+def check_residual_order(order: Any) -> int:
+    if isinstance(order, bool) or order not in (0, 1):
+        raise ValueError(f"'residual_order' must be 0 or 1, got {order!r}")
+    return order
+
+
+def extrapolate(last: tuple, last_step: int, prev: tuple | None, prev_step: int | None, step: int, order: int) -> tuple:
+    """What a reused step adds to the stack's input, from the residuals (video, text) of the last
+    two computed steps. Order 0 (TeaCache and AdaCache as published): the last residual. Order 1
+    (ours, as SeaCache's ``residual_order = 1``, TaylorSeer's first order and FasterCache's attention
+    extrapolation do): linear in the step index, ``r1 + (r1 - r0) (k - k1) / (k1 - k0)``."""
+    if order == 0 or prev is None or prev_step == last_step or prev[0].shape != last[0].shape:
+        return last
+    w = (step - last_step) / (last_step - prev_step)
+    return tuple(None if a is None or b is None else a + w * (a - b) for a, b in zip(last, prev))
+
+
+def predicted_residual(state: TeaCacheState, step: int, order: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    return extrapolate(state.residual, state.residual_step, state.previous, state.previous_step, step, order)
 
 
 def rescale(coefficients: Sequence[float], x: float) -> float:
@@ -165,6 +188,7 @@ def resolve(
             last_steps=(0 if config.retention else 1)
             if config.last_steps is None
             else config.last_steps,
+            residual_order=config.residual_order,
         ),
         warnings,
     )
@@ -201,13 +225,16 @@ class TeaCacheState(base.BranchState):
         self.prev_indicator: torch.Tensor | None = None
         self.acc = 0.0
         self.residual: tuple[torch.Tensor, torch.Tensor | None] | None = None
+        self.residual_step: int | None = None
+        self.previous: tuple[torch.Tensor, torch.Tensor | None] | None = None  # residual_order 1 only
+        self.previous_step: int | None = None
         self.stack_in: tuple[torch.Tensor, torch.Tensor | None] | None = None
         self.skipping = False
         self.planned: dict[int, float] | None = None  # step -> distance, read once a video
         self.seen = False  # a forward of this branch already ran in this video
 
     def tensors(self):
-        return base.iter_tensors((self.prev_indicator, self.residual, self.stack_in))
+        return base.iter_tensors((self.prev_indicator, self.residual, self.previous, self.stack_in))
 
 
 def embedder_indicator(layout: base.Layout, retention: bool) -> tuple[str, int | None] | None:
@@ -255,9 +282,11 @@ class TeaCacheBlockHook(base.BranchHook):
         text_residual: bool,
         indicator_from_norm1: bool,
         layout: base.Layout | None = None,
+        residual_order: int = 0,
     ) -> None:
         super().__init__(states, key)
         self.config = config
+        self.residual_order = residual_order
         self.head, self.tail = head, tail
         self.text_residual = text_residual
         self.indicator_from_norm1 = indicator_from_norm1
@@ -316,7 +345,7 @@ class TeaCacheBlockHook(base.BranchHook):
             if state.skipping:
                 state.record.blocks_skipped = True
                 state.record.action = "blocks skipped"
-                res_h, res_e = state.residual
+                res_h, res_e = predicted_residual(state, state.info.step, self.residual_order)
                 return base.pack_block_output(self.meta, hidden + res_h, enc if res_e is None else enc + res_e)
             state.stack_in = (hidden, enc)
         elif state.skipping:
@@ -326,7 +355,9 @@ class TeaCacheBlockHook(base.BranchHook):
             hidden_out, enc_out = base.block_outputs(self.meta, out)
             hidden_in, enc_in = state.stack_in
             res_e = enc_out - enc_in if self.text_residual else None
-            state.residual = (hidden_out - hidden_in, res_e)
+            if self.residual_order:
+                state.previous, state.previous_step = state.residual, state.residual_step
+            state.residual, state.residual_step = (hidden_out - hidden_in, res_e), state.info.step
             state.stack_in = None
         return out
 
@@ -366,6 +397,7 @@ def apply_teacache(
             text_residual=layout.text_residual,
             indicator_from_norm1=source is None,
             layout=layout,
+            residual_order=config.residual_order,
         )
         base.register(block, hook, "teacache")
         hooks.append(hook)
