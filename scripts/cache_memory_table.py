@@ -38,7 +38,7 @@ ROWS = [
     ("HunyuanVideo 720p 129f", "HunyuanVideo", "hunyuan", 129, 720, 1280),
 ]
 
-METHODS = ["pab", "fastercache", "teacache", "adacache", "mixcache", "fbcache", "taylorseer", "magcache"]
+METHODS = ["pab", "fastercache", "teacache", "adacache", "mixcache", "fbcache", "taylorseer", "magcache", "seacache"]
 
 
 def cell(nbytes: int) -> str:

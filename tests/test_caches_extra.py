@@ -317,3 +317,66 @@ def test_mixcache_reports_granularity_per_step(pipes, family):
     for (s0, g0), (s1, g1) in zip(steps, steps[1:]):
         if s1 == s0 + 1 and g0 != "full":
             assert g1 != g0  # max_streak = 1
+
+
+# ------------------------------------------------------------------------------------------ forecast
+
+
+@pytest.mark.parametrize("kind", ["residual1", "output1"])
+@pytest.mark.parametrize(("method", "params"), [
+    ("teacache", {"coefficients": [0, 0, 0, 1.0, 0], "thresh": 1e9, "first_steps": 3}),
+    ("adacache", {"codebook": [[1e9, 2]], "codebook_steps": STEPS}),
+    ("mixcache", {**FIRING["mixcache"], "granularities": ["step"]}),
+])
+def test_first_order_forecast_extrapolates_the_last_two_computed_steps(pipes, method, params, kind):
+    """A reused step's stack output is, with forecast residual1, its input plus r1 + (r1 - r0)
+    (k - k1) / (k1 - k0) (r: the stack residuals of the branch's last two computed steps k0 < k1;
+    SeaCache's first order); with output1, o1 + (o1 - o0) (k - k1) / (k1 - k0) of the stack outputs
+    (TaylorSeer's first order at the stack level)."""
+    pipe = pipes["wan"]
+    tr = pipe.transformer
+    seen = []
+
+    def stack_in(module, args, kwargs):
+        seen.append([kwargs.get("hidden_states", args[0] if args else None)])
+
+    pre = tr.blocks[0].register_forward_pre_hook(stack_in, with_kwargs=True)
+    post = tr.blocks[-1].register_forward_hook(lambda m, a, out: seen[-1].append(out))
+    caches.apply_cache(pipe, method, **params, forecast=kind)
+    try:
+        run_pipe(pipe, "wan", steps=STEPS)
+        entries = caches.cache_stats(pipe)["per_step"]
+    finally:
+        pre.remove()
+        post.remove()
+        caches.remove_cache(pipe)
+    history: dict[str, list] = {"cond": [], "uncond": []}
+    checked = 0
+    for entry, (x_in, x_out) in zip(entries, seen, strict=True):
+        mine = history[entry["branch"]]
+        if entry["blocks"][0] == entry["blocks"][1]:
+            mine.append((entry["step"], x_in, x_out))
+            continue
+        (k0, in0, out0), (k1, in1, out1) = mine[-2], mine[-1]
+        w = (entry["step"] - k1) / (k1 - k0)
+        if kind == "residual1":
+            expected = x_in + (out1 - in1) + w * ((out1 - in1) - (out0 - in0))
+        else:
+            expected = out1 + w * (out1 - out0)
+        torch.testing.assert_close(x_out, expected, rtol=1e-4, atol=1e-5)
+        checked += 1
+    assert checked > 0
+
+
+def test_forecast_rules():
+    from vidcache.caches.teacache import forecast
+
+    stack_in = (torch.full((2,), 10.0), None)
+    q0, q1 = (torch.zeros(2), None), (torch.ones(2), None)
+    torch.testing.assert_close(forecast("residual", q1, 4, q0, 2, 5, stack_in)[0], torch.full((2,), 11.0))
+    torch.testing.assert_close(forecast("residual1", q1, 4, q0, 2, 5, stack_in)[0], torch.full((2,), 11.5))
+    torch.testing.assert_close(forecast("output1", q1, 4, q0, 2, 5, stack_in)[0], torch.full((2,), 1.5))
+    torch.testing.assert_close(forecast("output1", q1, 4, None, None, 5, stack_in)[0], torch.ones(2))
+    for method in ("teacache", "adacache", "mixcache"):
+        with pytest.raises(ValueError, match="forecast"):
+            base.build_config(caches.REGISTRY[method].config, {"forecast": "second"}, method)

@@ -66,3 +66,41 @@ def test_docs_cache_memory_table_is_the_presets_own():
     docs = (ROOT / "docs" / "benchmarks.md").read_text()
     missing = [row for row in rows if row not in docs]
     assert not missing, "docs/benchmarks.md is stale; rerun scripts/cache_memory_table.py:\n" + "\n".join(missing)
+
+
+def _script_module(name: str):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_plot_front_finds_the_peers_front(tmp_path):
+    plot = _script_module("plot_front")
+    points = [(0.5, 30.0), (0.6, 40.0), (0.55, 29.0), (0.8, 50.0), (0.9, 45.0)]
+    line = plot.front(points)
+    assert line == [(0.5, 30.0), (0.6, 40.0), (0.8, 50.0)]  # (0.55, 29) and (0.9, 45) are beaten
+    assert plot.front_psnr(line, 0.7) == pytest.approx(45.0) and plot.front_psnr(line, 0.95) == 50.0
+    assert plot.front_psnr(line, 0.4) is None
+    rows = [{"method": "x", "preset": "a", "compute_ratio": c, "psnr": p, "psnr_min": p - 1, "psnr_median": p}
+            for c, p in points] + [{"method": "teacache", "preset": "default", "compute_ratio": 0.7, "psnr": 46.0,
+                                    "psnr_min": 40.0, "psnr_median": 46.0}]
+    (tmp_path / "rows.json").write_text(json.dumps(rows))
+    out = subprocess.run([sys.executable, str(ROOT / "scripts" / "plot_front.py"), str(tmp_path / "rows.json"),
+                          "-o", str(tmp_path / "f.png")], capture_output=True, text=True, check=True).stdout
+    assert "teacache: compute 0.700, PSNR 46.00 (front 45.00 dB, margin +1.00 dB)" in out
+    assert (tmp_path / "f.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_bench_cachedit_says_what_is_missing(tmp_path):
+    """cache-dit is an optional comparison: without it the script stops with one line and exit 2."""
+    import importlib.util
+
+    if importlib.util.find_spec("cache_dit") is not None:
+        pytest.skip("cache-dit is installed here")
+    r = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench_cachedit.py"), "--prompts", "x.txt", "--out",
+                        str(tmp_path / "o.json")], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and "cache-dit is not installed" in r.stderr
+    assert "pip install --no-deps cache-dit" in r.stderr

@@ -21,8 +21,8 @@ a batch of 2), 1 for HunyuanVideo (guidance-distilled). Per row:
 | fastercache   | two outputs per self-attention module; CFG-Cache: the fp32 uncond-cond delta of  |
 |               | the latent output and cond's output (latent-sized, small); on Wan the uncond     |
 |               | branch keeps none when the attention window lies inside the CFG window           |
-| teacache      | the block-stack residual (CogVideoX: video and text streams; two with            |
-|               | ``residual_order = 1``); HunyuanVideo also its indicator, block 0's modulated    |
+| teacache      | the block-stack residual or output (CogVideoX: video and text streams; two with  |
+|               | a first-order ``forecast``); HunyuanVideo also its indicator, block 0's modulated|
 |               | input, in fp32                                                                   |
 | adacache      | TeaCache's residual(s) plus the metric block's attention output (model dtype)    |
 | mixcache      | the stack residual(s) plus one residual per candidate block (``block_window``);  |
@@ -134,8 +134,8 @@ def estimate_cache_bytes(method: str, params: dict[str, Any], model: ModelShape,
         if extra and fam.cfg_layout == "separate" and not uncond_keeps_attention(params):
             attention_rows = 1
         return attention_rows * 2 * n_self * self_out + extra
-    # residual_order 1 keeps the residual of the computed step before the last too (extrapolation)
-    stacks = (1 + int(params.get("residual_order", 0))) * stack
+    # a first-order forecast keeps what the computed step before the last kept too
+    stacks = (1 + (params.get("forecast", "residual") != "residual")) * stack
     if method == "teacache":  # a content indicator (block 0's modulated input) is kept in fp32
         return rows * (stacks + (tokens * model.hidden * 4 if not fam.teacache.timestep_only else 0))
     if method == "adacache":  # the metric attention output is kept in the model's dtype

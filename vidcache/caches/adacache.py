@@ -83,7 +83,7 @@ import torch
 
 from ..models.geometry import patch_sizes
 from . import base
-from .teacache import TeaCacheBlockHook, TeaCacheConfig, TeaCacheState, check_residual_order
+from .teacache import TeaCacheBlockHook, TeaCacheConfig, TeaCacheState, check_forecast
 
 FAST_30 = [[0.08, 6], [0.16, 5], [0.24, 4], [0.32, 3], [0.40, 2], [1.0, 1]]
 SLOW_30 = [[0.08, 3], [0.16, 2], [0.24, 1], [0.32, 1], [0.40, 1], [1.0, 1]]
@@ -127,11 +127,11 @@ class AdaCacheConfig:
     moreg_norm: float = 0.385
     moreg_power: float = 8.0
     mograd_mul: float = 10.0
-    residual_order: int = 0
+    forecast: str = "residual"
 
     def __post_init__(self) -> None:
         self.codebook = _check_codebook(self.codebook)
-        check_residual_order(self.residual_order)
+        check_forecast(self.forecast)
         base.check_int("codebook_steps", self.codebook_steps, 1)
         if self.metric_block is not None:
             base.check_int("metric_block", self.metric_block, 0)
@@ -318,9 +318,7 @@ class AdaCacheBlockHook(TeaCacheBlockHook):
         the step's last branch then picks the next reuse length for all of them."""
         info, config, joint = state.info, self.ada, self.top.joint
         sched = self.top.schedule(info.num_steps)
-        r = r.detach()  # kept in the model's dtype; the sums accumulate in fp32
-        if r.untyped_storage().nbytes() > r.numel() * r.element_size():
-            r = r.clone()  # a view into the joint [text, video] output: keep the video tokens only
+        r = base.compact(r.detach())  # the video tokens only, in the model's dtype; sums accumulate in fp32
         prev = state.metric
         lo, hi = sched.moreg_window
         # rank-independent: the global frame count, never this rank's share of the sequence
@@ -436,7 +434,7 @@ def apply_adacache(
             ada=config,
             top=top,
             metric=i == metric,
-            residual_order=config.residual_order,
+            forecast=config.forecast,
         )
         base.register(block, hook, "adacache")
     base.attach(transformer, top)

@@ -191,6 +191,14 @@ def agreed_values(values: torch.Tensor) -> list[float]:
     return values.flatten().tolist()
 
 
+def compact(t: torch.Tensor | None) -> torch.Tensor | None:
+    """``t``, or a copy of it when it is a view into a bigger storage (a block's video stream split off
+    a joint [video, text] output): what a cache keeps should hold only its own bytes."""
+    if t is None or t.untyped_storage().nbytes() <= t.numel() * t.element_size():
+        return t
+    return t.clone()
+
+
 def l1(a: torch.Tensor, b: torch.Tensor | None = None) -> torch.Tensor:
     """``sum|a - b|`` (``sum|a|`` without ``b``) as an fp32 scalar on ``a``'s device, accumulated in
     fp32 without an fp32 copy of a residual-sized tensor: the difference is taken in the tensors'

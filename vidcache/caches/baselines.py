@@ -312,9 +312,14 @@ def _holds_tensors(value: Any) -> bool:
     return False
 
 
-def _count_blocks(transformer: torch.nn.Module, layout: base.Layout, states: base.BranchStates) -> None:
+def _counted(transformer: torch.nn.Module) -> tuple[base.Layout, base.BranchStates]:
+    """The transformer's adapter and the states of counting hooks registered on every block (first,
+    so that a diffusers hook registered after wraps them and they fire only when a block runs)."""
+    layout = base.layout_of(transformer)
+    states = base.BranchStates(CountState)
     for i, (key, block) in enumerate(layout.blocks(transformer)):
         base.register(block, CountHook(states, key, i), "count")
+    return layout, states
 
 
 def _attach(
@@ -365,10 +370,8 @@ def apply_fbcache(
     transformer: torch.nn.Module, config: FBCacheConfig, *, pipeline: base.PipelineLink | None = None
 ) -> None:
     """diffusers' First Block Cache on ``transformer``, with the family's threshold when none is set."""
-    layout = base.layout_of(transformer)
+    layout, states = _counted(transformer)
     threshold = layout.fbcache_threshold if config.threshold is None else config.threshold
-    states = base.BranchStates(CountState)
-    _count_blocks(transformer, layout, states)
     apply_first_block_cache(transformer, FirstBlockCacheConfig(threshold=threshold))
     head = layout.blocks(transformer)[0][1]
     leader = head._diffusers_hook.get_hook(_FBC_LEADER_BLOCK_HOOK)
@@ -401,10 +404,8 @@ def apply_taylorseer(
     transformer: torch.nn.Module, config: TaylorSeerConfig, *, pipeline: base.PipelineLink | None = None
 ) -> None:
     """diffusers' TaylorSeer on ``transformer``, hooking modules that exist in this family."""
-    layout = base.layout_of(transformer)
+    layout, states = _counted(transformer)
     dtype = transformer.dtype if config.factors_dtype == "model" else _DTYPES[config.factors_dtype]
-    states = base.BranchStates(CountState)
-    _count_blocks(transformer, layout, states)
     if config.identifiers is not None:
         cache_ids, skip_ids = config.identifiers, None
     elif config.mode == "lite":  # diffusers' lite patterns: blocks inactive, proj_out forecast
@@ -526,9 +527,7 @@ def apply_magcache(
     transformer: torch.nn.Module, config: MagCacheBaselineConfig, *, pipeline: base.PipelineLink | None = None
 ) -> None:
     """diffusers' MagCache on ``transformer`` (ratios from the preset, or calibrated on video 1)."""
-    layout = base.layout_of(transformer)
-    states = base.BranchStates(CountState)
-    _count_blocks(transformer, layout, states)
+    layout, states = _counted(transformer)
     mag = MagCacheConfig(
         threshold=config.threshold,
         max_skip_steps=config.max_skip_steps,
@@ -694,9 +693,7 @@ def apply_seacache(
     transformer: torch.nn.Module, config: SeaCacheBaselineConfig, *, pipeline: base.PipelineLink | None = None
 ) -> None:
     """diffusers' SeaCache on ``transformer`` through vidcache's adapter (any family; module docstring)."""
-    layout = base.layout_of(transformer)
-    states = base.BranchStates(CountState)
-    _count_blocks(transformer, layout, states)
+    layout, states = _counted(transformer)
     out_channels = int(transformer.config.out_channels or transformer.config.in_channels)
     apply_sea_cache(transformer, config.sea(_raw_vision(layout, out_channels)))
     root = transformer._diffusers_hook.get_hook(_SEA_CACHE_ROOT_HOOK)

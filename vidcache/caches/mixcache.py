@@ -103,7 +103,7 @@ import torch
 
 from . import base
 from ._partial import block_attention_kinds, mark_partial
-from .teacache import check_residual_order, extrapolate
+from .teacache import check_forecast, forecast, stored
 
 GRANULARITIES = ("step", "cfg", "block")
 
@@ -121,7 +121,7 @@ class MixCacheConfig:
     max_streak: int = 3
     block_window: tuple[float, float] = (0.25, 0.75)
     block_fraction: float = 0.5
-    residual_order: int = 0
+    forecast: str = "residual"
 
     def __post_init__(self) -> None:
         g = self.granularities
@@ -144,7 +144,7 @@ class MixCacheConfig:
         ):
             raise ValueError(f"'block_window' must be two depth fractions [lo, hi], 0 <= lo <= hi <= 1; got {w!r}")
         self.block_window = (float(w[0]), float(w[1]))
-        check_residual_order(self.residual_order)
+        check_forecast(self.forecast)
         self.block_fraction = base.check_float("block_fraction", self.block_fraction)
         if not 0 < self.block_fraction <= 1:
             raise ValueError("'block_fraction' must be in (0, 1]")
@@ -313,7 +313,7 @@ class MixState(base.BranchState):
         self.skip: frozenset = frozenset()
         self.stack: tuple[torch.Tensor, torch.Tensor | None] | None = None  # stack residual
         self.stack_step: int | None = None
-        self.stack_prev: tuple[torch.Tensor, torch.Tensor | None] | None = None  # residual_order 1 only
+        self.stack_prev: tuple[torch.Tensor, torch.Tensor | None] | None = None  # the one before (forecast 1)
         self.stack_prev_step: int | None = None
         self.blocks: dict[int, tuple[torch.Tensor, torch.Tensor | None]] = {}
         self.stack_in: tuple[torch.Tensor, torch.Tensor | None] | None = None
@@ -336,12 +336,12 @@ class MixBlockHook(base.BranchHook):
         tail: bool,
         candidate: bool,
         text_residual: bool,
-        residual_order: int = 0,
+        forecast: str = "residual",
     ) -> None:
         super().__init__(states, key)
         self.index, self.head, self.tail, self.candidate = index, head, tail, candidate
         self.text_residual = text_residual
-        self.residual_order = residual_order
+        self.forecast = forecast
         self.meta = None
 
     def initialize_hook(self, module: torch.nn.Module) -> torch.nn.Module:
@@ -355,9 +355,9 @@ class MixBlockHook(base.BranchHook):
         if mode == "step":
             if not self.head:
                 return base.pack_block_output(self.meta, hidden, enc)
-            res_h, res_e = extrapolate(state.stack, state.stack_step, state.stack_prev, state.stack_prev_step,
-                                       state.info.step, self.residual_order)
-            return base.pack_block_output(self.meta, hidden + res_h, enc if res_e is None else enc + res_e)
+            out = forecast(self.forecast, state.stack, state.stack_step, state.stack_prev, state.stack_prev_step,
+                           state.info.step, (hidden, enc))
+            return base.pack_block_output(self.meta, *out)
         if mode == "block" and self.index in state.skip:
             res_h, res_e = state.blocks[self.index]
             enc_out = enc if res_e is None or enc is None else enc + res_e
@@ -374,14 +374,13 @@ class MixBlockHook(base.BranchHook):
             if old is not None and old[0].shape == new[0].shape:
                 state.pending.append(("block", self.index, base.l1(new[0], old[0])))
             state.blocks[self.index] = new
-        if self.tail:
-            in_h, in_e = state.stack_in
-            new = (out_h - in_h, out_e - in_e if self.text_residual and out_e is not None else None)
+        if self.tail:  # the step's drift is measured on what is kept (the residual; the output with output1)
+            new = stored(self.forecast, state.stack_in, out_h, out_e, self.text_residual)
             old = state.stack
             if old is not None and old[0].shape == new[0].shape:
                 state.pending.append(("step", None, base.l1(new[0], old[0])))
             state.pending.append(("ref", None, base.l1(out_h)))
-            if self.residual_order:
+            if self.forecast != "residual":
                 state.stack_prev, state.stack_prev_step = state.stack, state.stack_step
             state.stack, state.stack_step, state.stack_in = new, state.info.step, None
         return out
@@ -440,6 +439,8 @@ class MixForwardHook(base.TransformerHook):
         return tau, 1.0 / n
 
     def _cfg_possible(self, record: base.ForwardRecord) -> bool:
+        if "cfg" not in self.config.granularities:  # nothing of the CFG-level reuse is kept then
+            return False
         if self.layout.cfg_layout == "separate":
             return self.link.cfg_active() is True
         return self.layout.cfg_layout == "batched" and record.branches == 2
@@ -575,7 +576,7 @@ def apply_mixcache(
             tail=i == n - 1,
             candidate=i in candidates,
             text_residual=layout.text_residual,
-            residual_order=config.residual_order,
+            forecast=config.forecast,
         )
         base.register(block, hook, "mixcache")
     params = base.config_params(config)
