@@ -30,6 +30,13 @@ def tiny_dirs(tmp_path_factory) -> dict[str, str]:
         build(dirs[fam])
     dirs["wan2"] = str(root / "wan2")
     build_tiny_wan(dirs["wan2"], two_experts=True)
+    # image-to-video: Wan 2.1 I2V (CLIP), Wan 2.2 I2V A14B (two experts), Wan 2.2 TI2V-5B, CogVideoX-5B-I2V
+    for name, build, kw in (("wan-i2v", build_tiny_wan, {"mode": "i2v"}),
+                            ("wan2-i2v", build_tiny_wan, {"mode": "i2v", "two_experts": True}),
+                            ("wan-ti2v", build_tiny_wan, {"mode": "ti2v"}),
+                            ("cogvideox-i2v", build_tiny_cogvideox, {"mode": "i2v"})):
+        dirs[name] = str(root / name)
+        build(dirs[name], **kw)
     return dirs
 
 

@@ -53,10 +53,11 @@ def run_cases(cases: list[dict], out: Path) -> None:
     for case in cases:
         method = case.get("cache", "none")
         fields = caches.method_fields(method) or set()
-        sets = ["defaults.text_len=16"] + [f"{k}={v}" for k, v in FIRING.items() if k in fields]
+        sets = case.get("sets", ["defaults.text_len=16"]) + [f"{k}={v}" for k, v in FIRING.items() if k in fields]
         cfg = RunConfig(
-            model=case["model"], cache=method, sets=sets, out=out,
-            flags=dict(SMALL), parallel=ParallelOptions(ulysses=case.get("ulysses"), cfg=case.get("cfg", False)),
+            model=case["model"], cache=method, sets=sets, out=out, image=case.get("image"),
+            flags=dict(SMALL) | case.get("flags", {}),
+            parallel=ParallelOptions(ulysses=case.get("ulysses"), cfg=case.get("cfg", False)),
         )
         plan = plan_run(cfg, [Prompt(PROMPT, {}, "test")])
         runner = Runner(plan)
@@ -178,6 +179,19 @@ def matrix(tiny_dirs, tmp_path_factory):
     double.append({"id": "cogvideox-cfg", "model": tiny_dirs["cogvideox"], "cfg": True})
     double.append({"id": "wan2-none", "model": tiny_dirs["wan2"], "ulysses": 2})
     single.append({"id": "wan2-none", "model": tiny_dirs["wan2"]})
+    # image-to-video (Wan 2.1 I2V keeps its 512 text tokens; CogVideoX-5B-I2V its 64 x 64 size)
+    from PIL import Image
+
+    image = tmp / "image.png"
+    Image.new("RGB", (48, 40), (200, 40, 40)).save(image)
+    for name, extra in (("wan-i2v", {"sets": []}), ("wan2-i2v", {}), ("wan-ti2v", {}),
+                        ("cogvideox-i2v", {"flags": {"height": 64, "width": 64}})):
+        case = {"model": tiny_dirs[name], "image": str(image), **extra}
+        single.append({"id": f"{name}-none", **case})
+        double.append({"id": f"{name}-none", **case, "ulysses": 2})
+        single.append({"id": f"{name}-teacache", **case, "cache": "teacache"})
+        double.append({"id": f"{name}-teacache", **case, "cache": "teacache", "ulysses": 2})
+    double.append({"id": "wan-i2v-cfg", "model": tiny_dirs["wan-i2v"], "image": str(image), "sets": [], "cfg": True})
     ref = tmp / "single"
     ref.mkdir()
     run_cases(single, ref)
@@ -193,6 +207,28 @@ def test_ulysses_two_ranks_equals_one(matrix, family):
     assert np.abs(one - two).max() <= 1e-5
     assert rep2["parallel"]["world_size"] == 2 and rep2["parallel"]["ulysses"] == 2
     assert len(rep2["parallel"]["peak_bytes_per_rank"]) == 2 and "parallel" not in rep1
+
+
+@pytest.mark.parametrize("name", ["wan-i2v", "wan2-i2v", "wan-ti2v", "cogvideox-i2v"])
+def test_image_to_video_two_ranks_equal_one(matrix, name):
+    """Ulysses over 2 ranks renders the image-to-video pipelines as 1 rank does, uncached and with
+    TeaCache deciding the same on both."""
+    ref, par = matrix
+    one, _ = load(ref, f"{name}-none")
+    two, rep = load(par, f"{name}-none")
+    assert rep["image"]["sha256"] and rep["parallel"]["ulysses"] == 2
+    assert np.abs(one - two).max() <= 1e-4
+    one, rep1 = load(ref, f"{name}-teacache")
+    two, rep2 = load(par, f"{name}-teacache")
+    same_decisions(rep1["cache"]["stats"]["per_step"], rep2["cache"]["stats"]["per_step"])
+    assert np.abs(one - two).max() <= 1e-4
+
+
+def test_image_to_video_cfg_parallel(matrix):
+    ref, par = matrix
+    one, _ = load(ref, "wan-i2v-none")
+    two, rep = load(par, "wan-i2v-cfg")
+    assert rep["parallel"]["cfg"] == 2 and np.abs(one - two).max() <= 1e-5
 
 
 @pytest.mark.parametrize(("family", "tolerance"), [("wan", 1e-5), ("cogvideox", 1e-4)])

@@ -16,7 +16,7 @@ from typing import Any
 
 from .errors import UsageError
 
-JSONL_KEYS = {"prompt", "negative_prompt", "seed", "frames", "height", "width", "steps", "guidance", "name"}
+JSONL_KEYS = {"prompt", "negative_prompt", "seed", "frames", "height", "width", "steps", "guidance", "name", "image"}
 PER_LINE = ("frames", "height", "width", "steps", "guidance", "negative_prompt")
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
 
@@ -46,10 +46,19 @@ class Job:
     flow_shift: float | None
     fps: int
     text_len: int
+    image: str | None = None  # image-to-video: the conditioning image (absolute path)
+    image_sha256: str | None = None
+    fit: str | None = None  # how the image is fitted to the frame ("crop", "pad", "stretch")
 
     def key(self, context: dict[str, Any]) -> str:
-        """Stable hash of the job and what else decides its output (model, cache, dtype)."""
-        blob = json.dumps({"job": asdict(self) | {"index": None}, **context}, sort_keys=True)
+        """Stable hash of the job and what else decides its output (model, cache, dtype). An image
+        counts by its bytes and fit, not its path (a moved image is the same job, an edited one not);
+        text-to-video jobs hash as they did before images existed."""
+        fields = asdict(self) | {"index": None}
+        del fields["image"]
+        if self.image is None:
+            del fields["image_sha256"], fields["fit"]
+        blob = json.dumps({"job": fields, **context}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -65,7 +74,7 @@ def _read_source(path: str) -> tuple[str, str]:
         raise UsageError(f"prompt file {path}: cannot read ({err})") from None
 
 
-def _parse_jsonl(text: str, where: str) -> list[Prompt]:
+def _parse_jsonl(text: str, where: str, base: Path) -> list[Prompt]:
     out = []
     for n, line in enumerate(text.splitlines(), 1):
         if not line.strip():
@@ -90,10 +99,14 @@ def _parse_jsonl(text: str, where: str) -> list[Prompt]:
                 raise UsageError(f"{where}:{n}: '{key}' must be an integer")
         if "guidance" in obj and (isinstance(obj["guidance"], bool) or not isinstance(obj["guidance"], (int, float))):
             raise UsageError(f"{where}:{n}: 'guidance' must be a number")
-        for key in ("negative_prompt", "name"):
+        for key in ("negative_prompt", "name", "image"):
             if key in obj and not isinstance(obj[key], str):
                 raise UsageError(f"{where}:{n}: '{key}' must be a string")
         overrides = {k: v for k, v in obj.items() if k != "prompt"}
+        if "image" in overrides:  # relative to the prompt file's folder
+            if not overrides["image"].strip():
+                raise UsageError(f"{where}:{n}: 'image' must not be empty")
+            overrides["image"] = str(base / Path(overrides["image"]).expanduser())
         out.append(Prompt(prompt.strip(), overrides, f"{where}:{n}"))
     return out
 
@@ -116,7 +129,8 @@ def read_prompts(path: str | None, inline: list[str]) -> list[Prompt]:
         text, where = _read_source(path)
         first = next((ln for ln in text.splitlines() if ln.strip()), "")
         is_jsonl = path.endswith(".jsonl") or (path == "-" and first.lstrip().startswith("{"))
-        found = _parse_jsonl(text, where) if is_jsonl else _parse_txt(text, where)
+        base = Path.cwd() if path == "-" else Path(path).resolve().parent
+        found = _parse_jsonl(text, where, base) if is_jsonl else _parse_txt(text, where)
         if not found:
             raise UsageError(f"prompt file {path} has no prompts")
         prompts += found
@@ -138,11 +152,18 @@ def safe_name(name: str, where: str) -> str:
     return cleaned[:120]
 
 
-def build_jobs(prompts: list[Prompt], defaults: dict[str, Any], flags: dict[str, Any], seed: int) -> list[Job]:
+def build_jobs(prompts: list[Prompt], defaults: dict[str, Any], flags: dict[str, Any], seed: int,
+               image: str | None = None, fit: str = "crop") -> list[Job]:
     """Resolve every job: preset defaults < per-line values < explicit command-line flags.
 
-    Command-line flags win over a line's own values, because they are the user's latest word.
+    Command-line flags win over a line's own values, because they are the user's latest word;
+    ``image`` (``--image``) likewise wins over a line's ``image``. Every image is opened and hashed
+    here, before any weight loads (``images.check_image``; an error names the line).
     """
+    from .images import check_fit, check_image
+
+    check_fit(fit)
+    checked: dict[str, Any] = {}
     jobs, names = [], {}
     for i, p in enumerate(prompts):
         v = dict(defaults)
@@ -156,6 +177,12 @@ def build_jobs(prompts: list[Prompt], defaults: dict[str, Any], flags: dict[str,
         if name in names:
             raise UsageError(f"{p.where}: output name '{name}' already used by {names[name]}")
         names[name] = p.where
+        image_path = image if image is not None else p.overrides.get("image")
+        info = None
+        if image_path is not None:
+            where = "--image" if image is not None else p.where
+            info = checked.get(image_path) or check_image(image_path, where)
+            checked[image_path] = info
         jobs.append(
             Job(
                 index=i,
@@ -172,6 +199,9 @@ def build_jobs(prompts: list[Prompt], defaults: dict[str, Any], flags: dict[str,
                 flow_shift=float(v["flow_shift"]) if v.get("flow_shift") is not None else None,
                 fps=int(v["fps"]),
                 text_len=int(v["text_len"]),
+                image=info.path if info else None,
+                image_sha256=info.sha256 if info else None,
+                fit=fit if info else None,
             )
         )
     return jobs

@@ -20,6 +20,7 @@ from . import caches, memory, parallel, presets
 from . import jobs as jobs_mod
 from .compile import compile_pipeline
 from .errors import RankLost, UsageError, one_line
+from .images import image_report, load_fitted
 from .loading import LoadOptions, load_pipeline, pick_device, transformers_of
 from .models import ResolvedModel, resolve
 from .report import device_info, versions, video_row
@@ -42,6 +43,8 @@ class RunConfig:
     seed: int = 0
     flags: dict[str, Any] = field(default_factory=dict)  # GEN_FLAGS given on the command line
     parallel: parallel.ParallelOptions = field(default_factory=parallel.ParallelOptions)
+    image: str | None = None  # --image: the conditioning image of every job (image-to-video)
+    fit: str = "crop"  # --fit: how images are fitted to the frame
 
 
 @dataclass
@@ -96,6 +99,14 @@ def _fit_text_len(model: ResolvedModel, preset: presets.Preset) -> None:
     preset.defaults["text_len"] = required
 
 
+def _check_size(model: ResolvedModel, jobs: list[jobs_mod.Job]) -> None:
+    size, why = model.required_size()
+    for job in jobs if size else ():
+        if (job.height, job.width) != size:
+            raise UsageError(f"job {job.name}: {job.height}x{job.width} not allowed: {model.name} takes "
+                             f"{size[0]}x{size[1]} only ({why}); use --height {size[0]} --width {size[1]}")
+
+
 def plan_run(cfg: RunConfig, prompts: list[jobs_mod.Prompt]) -> Plan:
     model = resolve(cfg.model)
     method, variant = split_cache(cfg.cache)
@@ -109,9 +120,10 @@ def plan_run(cfg: RunConfig, prompts: list[jobs_mod.Prompt]) -> Plan:
         if key not in preset.defaults:
             raise UsageError(f"preset {preset.name}: [defaults] lacks '{key}'")
     _fit_text_len(model, preset)
-    all_jobs = jobs_mod.build_jobs(prompts, preset.defaults, cfg.flags, cfg.seed)
-    jobs_mod.validate(all_jobs, model.family, model.size_multiple,
-                      model.known.max_frames if model.known else None)
+    all_jobs = jobs_mod.build_jobs(prompts, preset.defaults, cfg.flags, cfg.seed, cfg.image, cfg.fit)
+    model = model.for_jobs(all_jobs)
+    jobs_mod.validate(all_jobs, model.family, model.size_multiple, model.max_frames)
+    _check_size(model, all_jobs)
     todo = jobs_mod.shard(all_jobs, cfg.shard)
     par = parallel.plan_parallel(cfg.parallel, model, todo, cfg.load.device, cfg.load.attention)
     return Plan(model, method, variant, params, todo, cfg, par)
@@ -255,9 +267,11 @@ class Runner:
             kw["negative_prompt"] = job.negative_prompt
         if job.guidance_2 is not None and getattr(self.pipe, "transformer_2", None) is not None:
             kw["guidance_scale_2"] = job.guidance_2
+        if job.image is not None:
+            kw["image"] = load_fitted(job.image, job.width, job.height, job.fit)
         if not self.is_main:  # only rank 0 writes the video: the others skip the VAE decode
             kw["output_type"] = "latent"
-        return kw
+        return fam.pipeline_kwargs(kw, self.plan.model.mode)
 
     def _on_step(self, pipe, step, timestep, callback_kwargs):
         self.timer.on_step_end(pipe, step, timestep, callback_kwargs)
@@ -291,7 +305,7 @@ class Runner:
             "prompt": job.prompt,
             "negative_prompt": job.negative_prompt,
             "seed": job.seed,
-            "model": {"name": m.name, "family": m.family.name, "source": m.source},
+            "model": {"name": m.name, "family": m.family.name, "mode": m.mode, "source": m.source},
             "frames": job.frames,
             "height": job.height,
             "width": job.width,
@@ -300,6 +314,7 @@ class Runner:
             "guidance_2": job.guidance_2,
             "flow_shift": job.flow_shift,
             "fps": job.fps,
+            "image": self._image_report(job),
             "cache": {"method": caches.report_name(self.method), "variant": self.variant,
                       "params": self.cache_params, "stats": stats,
                       # what vidcache.memory expected the cache to hold (per process); None: no estimate
@@ -323,6 +338,10 @@ class Runner:
         if self.par is not None:
             report["parallel"] = self.par.report(peak)
         return out.frames[0], report
+
+    @staticmethod
+    def _image_report(job: jobs_mod.Job) -> dict[str, Any] | None:
+        return None if job.image is None else image_report(job.image, job.image_sha256, job.fit)
 
     def render(self, job: jobs_mod.Job, debug: bool = False) -> dict[str, Any]:
         """Generate and write one job's MP4 and report; failures become a 'failed' report.

@@ -47,6 +47,17 @@ def _clip_tokenizer():
     return CLIPTokenizer(vocab=vocab, merges=[])
 
 
+def _tiny_clip_vision() -> dict:
+    """A CLIP vision encoder and its image processor, 32x32 pixels in 8x8 patches."""
+    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel
+
+    encoder = CLIPVisionModel(CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                               num_attention_heads=4, image_size=32, patch_size=8))
+    encoder.eval()
+    processor = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    return {"image_encoder": encoder, "image_processor": processor}
+
+
 def _eval(*modules):
     for m in modules:
         m.eval()
@@ -61,15 +72,23 @@ def build_tiny_wan(
     head_dim: int = 16,
     latent_channels: int = 4,
     two_experts: bool = False,
+    mode: str = "t2v",
 ):
-    """A Wan 2.1 pipeline (or Wan 2.2 A14B-style with two experts) a few hundred kB in size."""
+    """A Wan pipeline a few hundred kB in size. ``mode``: "t2v" (Wan 2.1, or Wan 2.2 A14B-style with
+    ``two_experts``), "i2v" (``WanImageToVideoPipeline``: Wan 2.1 I2V with a CLIP image encoder, or
+    Wan 2.2 I2V A14B-style without one when ``two_experts``), "ti2v" (Wan 2.2 TI2V-5B-style: a
+    ``WanPipeline`` with ``expand_timesteps``, whose first latent frame is the image's)."""
     from diffusers import (
         AutoencoderKLWan,
         FlowMatchEulerDiscreteScheduler,
+        WanImageToVideoPipeline,
         WanPipeline,
         WanTransformer3DModel,
     )
     from transformers import UMT5Config, UMT5EncoderModel
+
+    i2v = mode == "i2v"
+    clip = i2v and not two_experts  # Wan 2.1 I2V encodes the image with CLIP; 2.2 I2V A14B does not
 
     torch.manual_seed(seed)
     tok = t5_tokenizer()
@@ -90,13 +109,16 @@ def build_tiny_wan(
             patch_size=(1, 2, 2),
             num_attention_heads=heads,
             attention_head_dim=head_dim,
-            in_channels=latent_channels,
+            # image-to-video: the latent, the encoded image video and a 4-channel first-frame mask
+            in_channels=2 * latent_channels + 4 if i2v else latent_channels,
             out_channels=latent_channels,
             text_dim=32,
             freq_dim=32,
             ffn_dim=2 * heads * head_dim,
             num_layers=num_layers,
             rope_max_seq_len=64,
+            image_dim=32 if clip else None,
+            added_kv_proj_dim=heads * head_dim if clip else None,
         )
 
     tr = transformer()
@@ -111,8 +133,12 @@ def build_tiny_wan(
         latents_std=[1.0] * latent_channels,
     )
     _eval(te, tr, vae, *([tr2] if tr2 is not None else []))
-    kwargs = {"transformer_2": tr2, "boundary_ratio": 0.875} if two_experts else {}
-    pipe = WanPipeline(
+    kwargs = {"transformer_2": tr2, "boundary_ratio": 0.875 if mode == "t2v" else 0.9} if two_experts else {}
+    if mode == "ti2v":
+        kwargs["expand_timesteps"] = True
+    if clip:
+        kwargs.update(_tiny_clip_vision())
+    pipe = (WanImageToVideoPipeline if i2v else WanPipeline)(
         tokenizer=tok,
         text_encoder=te,
         vae=vae,
@@ -126,16 +152,21 @@ def build_tiny_wan(
 
 
 def build_tiny_cogvideox(path: str | Path | None = None, *, seed: int = 0, num_layers: int = 2,
-                         learned_positions: bool = False):
+                         learned_positions: bool = False, mode: str = "t2v"):
     """A CogVideoX (1.0, RoPE like the 5B) pipeline; CFG runs as one batched forward.
     ``learned_positions``: learned positional embeddings as in CogVideoX-5B-I2V (laid out for
-    exactly 16 text tokens and 64x64 pixels)."""
+    exactly 16 text tokens and 64x64 pixels). ``mode`` "i2v": ``CogVideoXImageToVideoPipeline``
+    like CogVideoX-5B-I2V (image latents as extra input channels, learned positions)."""
     from diffusers import (
         AutoencoderKLCogVideoX,
         CogVideoXDDIMScheduler,
+        CogVideoXImageToVideoPipeline,
         CogVideoXPipeline,
         CogVideoXTransformer3DModel,
     )
+
+    i2v = mode == "i2v"
+    learned_positions = learned_positions or i2v
     from transformers import T5Config, T5EncoderModel
 
     torch.manual_seed(seed)
@@ -154,7 +185,7 @@ def build_tiny_cogvideox(path: str | Path | None = None, *, seed: int = 0, num_l
     tr = CogVideoXTransformer3DModel(
         num_attention_heads=2,
         attention_head_dim=16,
-        in_channels=4,
+        in_channels=8 if i2v else 4,
         out_channels=4,
         time_embed_dim=32,
         text_embed_dim=32,
@@ -178,7 +209,7 @@ def build_tiny_cogvideox(path: str | Path | None = None, *, seed: int = 0, num_l
         sample_width=64,
     )
     _eval(te, tr, vae)
-    pipe = CogVideoXPipeline(
+    pipe = (CogVideoXImageToVideoPipeline if i2v else CogVideoXPipeline)(
         tokenizer=tok,
         text_encoder=te,
         vae=vae,
@@ -264,6 +295,21 @@ def build_tiny_hunyuan(
     )
     if path is not None:
         pipe.save_pretrained(str(path))
+    return pipe
+
+
+def build_reference_ti2v(path: str | Path):
+    """The embedded (trained) tiny model re-saved as a Wan 2.2 TI2V-style pipeline
+    (``expand_timesteps``): its first latent frame is the encoded image, and its trained VAE
+    decodes that back close to the image, which random-weight tiny pipelines cannot show."""
+    import diffusers
+
+    from .models.registry import EMBEDDED_DIR
+
+    base = diffusers.WanPipeline.from_pretrained(str(EMBEDDED_DIR), dtype=torch.float32)
+    pipe = diffusers.WanPipeline(tokenizer=base.tokenizer, text_encoder=base.text_encoder, vae=base.vae,
+                                 scheduler=base.scheduler, transformer=base.transformer, expand_timesteps=True)
+    pipe.save_pretrained(str(path))
     return pipe
 
 

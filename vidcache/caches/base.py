@@ -14,8 +14,9 @@ pipeline's ``transformer.cache_context(name)``) and build the rest on it:
   independent sets of hooks and states.
 * **The step clock** (``TransformerHook``, registered on the transformer itself) works out for every
   forward where the denoising loop is: the step index from the cache context when the pipeline
-  passes one (Wan: ``step_index``, ``num_inference_steps``), else the branch's own forward count
-  (CogVideoX and HunyuanVideo run one forward per step and branch). The timestep comes from the
+  passes one (WanPipeline: ``step_index``, ``num_inference_steps``), else the pipeline scheduler's
+  own step count (Wan's image-to-video pipeline passes none, and Wan 2.2's second expert must not
+  restart at step 0), else the branch's own forward count. The timestep comes from the
   transformer's own ``timestep`` argument; when that tensor lives on an accelerator, reading it
   would be a host-device sync in every forward, so the clock reads it from a host copy of the
   pipeline scheduler's timesteps instead (copied once per video, indexed by the step). Without a
@@ -223,6 +224,7 @@ class PipelineLink:
 
     timesteps: Callable[[], Any] = lambda: None
     cfg_active: Callable[[], bool | None] = lambda: None
+    step_index: Callable[[], int | None] = lambda: None
 
     @classmethod
     def of(cls, pipe: Any) -> PipelineLink:
@@ -233,7 +235,16 @@ class PipelineLink:
             value = getattr(pipe, "do_classifier_free_guidance", None)
             return value if isinstance(value, bool) else None
 
-        return cls(timesteps, cfg_active)
+        def step_index():
+            """The scheduler's own count of the steps it has taken (None before the first: step 0),
+            for schedulers that keep one; None when it keeps none."""
+            scheduler = getattr(pipe, "scheduler", None)
+            if scheduler is None or not hasattr(type(scheduler), "step_index"):
+                return None
+            index = scheduler.step_index
+            return 0 if index is None else int(index)
+
+        return cls(timesteps, cfg_active, step_index)
 
 
 # --------------------------------------------------------------------------------------------
@@ -505,8 +516,16 @@ class TransformerHook(ModelHook):
         self._host_timesteps = None
 
     def _step_info(self, state: BranchState, args: tuple, kwargs: dict) -> StepInfo:
+        """The step: the cache context's when the pipeline passes one (WanPipeline does), else the
+        pipeline scheduler's own step count (WanImageToVideoPipeline passes none, and with two
+        experts each transformer's forward count would restart at the switch: diffusers #14025),
+        else this branch's forward count (one transformer, one forward per step and branch)."""
         ctx = self.states.context
-        step = ctx.step_index if ctx.step_index is not None else state.forwards
+        step = ctx.step_index
+        if step is None:
+            step = self.link.step_index()
+        if step is None:
+            step = state.forwards
         num_steps = ctx.num_inference_steps
         if num_steps is None and torch.is_tensor(self._schedule_key):
             num_steps = len(self._schedule_key)

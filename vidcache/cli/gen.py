@@ -28,11 +28,14 @@ from .options import (
     DeviceOpt,
     DType,
     DTypeOpt,
+    Fit,
+    FitOpt,
     FlowShiftOpt,
     FpsOpt,
     FramesOpt,
     GuidanceOpt,
     HeightOpt,
+    ImageOpt,
     ModelOpt,
     NegativeOpt,
     PresetOpt,
@@ -50,6 +53,8 @@ def _gen_template(
     )] = None,
     prompt: PromptOpt = [],  # noqa: B006
     model: ModelOpt = "tiny",
+    image: ImageOpt = None,
+    fit: FitOpt = Fit.crop,
     cache: CacheOpt = "none",
     preset: PresetOpt = None,
     set_: SetOpt = [],  # noqa: B006
@@ -118,6 +123,7 @@ class GenArgs:
                              offload=v["offload"], sequential_offload=v["sequential_offload"],
                              group_offload=v["group_offload"], compile=v["compile_"]),
             parallel=ParallelOptions(ulysses=v["ulysses"], ring=v["ring"], cfg=v["cfg_parallel"]),
+            image=str(v["image"]) if v["image"] is not None else None, fit=v["fit"].value,
         )
 
     def prompts(self):

@@ -30,6 +30,12 @@ class Attention(str, Enum):
     sage = "sage"
 
 
+class Fit(str, Enum):
+    crop = "crop"
+    pad = "pad"
+    stretch = "stretch"
+
+
 PromptsOpt = Annotated[str | None, typer.Option(help="Prompt file (.txt / .jsonl), '-' for stdin.")]
 PromptOpt = Annotated[list[str], typer.Option("--prompt", "-p", help="A prompt (repeatable).")]
 ModelOpt = Annotated[str, typer.Option(
@@ -54,5 +60,9 @@ AttentionOpt = Annotated[Attention, typer.Option(
     help="Attention backend (auto: PyTorch SDPA; FlashAttention-3 for Wan on Hopper when installed).")]
 CompileOpt = Annotated[bool, typer.Option(
     "--compile", help="torch.compile the transformer blocks (the first video compiles).")]
+ImageOpt = Annotated[Path | None, typer.Option(
+    help="Image-to-video: the conditioning image of every prompt (PNG, JPEG, WebP); a .jsonl line's "
+         "own 'image' is relative to the prompt file.")]
+FitOpt = Annotated[Fit, typer.Option(help="How an image is fitted to the video's size (centred).")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")]
 DebugOpt = Annotated[bool, typer.Option(help="Show tracebacks.")]

@@ -49,6 +49,8 @@ class FamilyAdapter:
     # pipeline class -> mode ("t2v": text to video, "i2v": image to video)
     pipelines: ClassVar[dict[str, str]]
     transformer_classes: ClassVar[tuple[str, ...]]
+    # the shipped preset a folder or hub id of this family starts from, per mode ("t2v" is required)
+    folder_presets: ClassVar[dict[str, str]]
 
     # CFG: "separate" (two forwards per step in cache contexts "cond" / "uncond"), "batched" (one
     # forward on [uncond, cond]) or "distilled" (guidance-distilled: one forward per step)
@@ -108,14 +110,28 @@ class FamilyAdapter:
         of the families it ships metadata for; a family it does not cover registers its own here
         (called by ``registry.adapter_of``, so once per cache attachment: keep it idempotent)."""
 
-    def mode_of(self, pipeline_class: str) -> str:
+    def mode_of_index(self, pipeline_class: str, index: dict[str, Any]) -> str:
+        """The mode of a folder from its model_index.json: "t2v", "i2v", or "ti2v" (a checkpoint
+        that takes an image or not, e.g. Wan 2.2 TI2V-5B)."""
         return self.pipelines.get(pipeline_class, "t2v")
 
     def pipeline_class(self, mode: str) -> str:
+        """The pipeline class that runs ``mode`` ("ti2v" checkpoints load as text-to-video)."""
+        mode = "t2v" if mode == "ti2v" else mode
         for cls, m in self.pipelines.items():
             if m == mode:
                 return cls
         raise KeyError(mode)
+
+    def pipeline_kwargs(self, kwargs: dict[str, Any], mode: str) -> dict[str, Any]:
+        """The pipeline call's arguments, adjusted for this family. The runner builds prompt,
+        negative_prompt (when ``accepts_negative_prompt``), height, width, num_frames,
+        num_inference_steps, guidance_scale(_2), generator, output_type, max_sequence_length,
+        the step callback and, for image-to-video, ``image`` (fitted to height x width)."""
+        return kwargs
+
+    def folder_preset(self, mode: str) -> str:
+        return self.folder_presets.get(mode, self.folder_presets["t2v"])
 
     @property
     def modes(self) -> tuple[str, ...]:
@@ -130,6 +146,11 @@ class FamilyAdapter:
 
     def text_len_rule(self, transformer_config: dict[str, Any], mode: str) -> tuple[int | None, str]:
         """The text length this folder's transformer requires, and why (None: any length)."""
+        return None, ""
+
+    def size_rule(self, transformer_config: dict[str, Any], s_comp: int) -> tuple[tuple[int, int] | None, str]:
+        """The (height, width) in pixels this transformer requires, and why (None: any size that
+        divides as the geometry says); ``s_comp`` is the VAE's spatial compression."""
         return None, ""
 
     # -- TeaCache -------------------------------------------------------------------------------

@@ -44,6 +44,12 @@ REFERENCE_SCHEDULERS: dict[str, tuple[str, dict[str, Any], str | None]] = {
     "hunyuan": ("FlowMatchEulerDiscreteScheduler", {"shift": 7.0}, "shift"),
     "cogvideox": ("CogVideoXDDIMScheduler", {**_COGVIDEOX_DDIM, "snr_shift_scale": 3.0}, None),
     "cogvideox-5b": ("CogVideoXDDIMScheduler", {**_COGVIDEOX_DDIM, "snr_shift_scale": 1.0}, None),
+    # image-to-video: Wan 2.1 I2V at Wan's shifts for 480p / 720p, Wan 2.2 I2V A14B at its own I2V
+    # shift 5; CogVideoX-5B-I2V as the 5B
+    "wan-i2v": ("UniPCMultistepScheduler", {**_WAN_UNIPC, "flow_shift": 3.0}, "flow_shift"),
+    "wan-i2v-720p": ("UniPCMultistepScheduler", {**_WAN_UNIPC, "flow_shift": 5.0}, "flow_shift"),
+    "wan2.2-i2v-a14b": ("UniPCMultistepScheduler", {**_WAN_UNIPC, "flow_shift": 5.0}, "flow_shift"),
+    "cogvideox-5b-i2v": ("CogVideoXDDIMScheduler", {**_COGVIDEOX_DDIM, "snr_shift_scale": 1.0}, None),
 }
 
 
