@@ -143,13 +143,15 @@ class Chromium:
         Path(path).write_bytes(base64.b64decode(self.page("Page.captureScreenshot", **params)["data"]))
         return Path(path)
 
-    def requested_urls(self) -> list[str]:
-        return [ev["params"]["request"]["url"] for ev in self.events if ev["method"] == "Network.requestWillBeSent"]
+    def requested_urls(self, since: int = 0) -> list[str]:
+        """Every URL the page asked for (from event ``since`` on)."""
+        return [ev["params"]["request"]["url"] for ev in self.events[since:]
+                if ev["method"] == "Network.requestWillBeSent"]
 
-    def errors(self) -> list[str]:
-        """Console errors, uncaught exceptions and error log entries of the page."""
+    def errors(self, since: int = 0) -> list[str]:
+        """Console errors, uncaught exceptions and error log entries of the page (from event ``since`` on)."""
         out = []
-        for ev in self.events:
+        for ev in self.events[since:]:
             p = ev.get("params", {})
             if ev["method"] == "Runtime.consoleAPICalled" and p.get("type") in ("error", "assert"):
                 out.append("console: " + " ".join(str(a.get("value", a.get("description"))) for a in p["args"]))
