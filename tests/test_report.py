@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -126,6 +127,25 @@ def _bad_folder(report_runs, tmp_path) -> tuple[Path, dict[str, Path]]:
     (folder / "run.json").write_text(json.dumps(run))
     return folder, {"gone": gone, "broken_mp4": broken_mp4, "foreign": folder / "foreign.json",
                     "broken": folder / "broken.json"}
+
+
+def test_run_summaries_in_runs_folder_and_a_pointer(report_runs, tmp_path):
+    """Run summaries may live in runs/ with run.json pointing at the latest: the latest word on a
+    video counts, and a run.json of another shape is no problem."""
+    folder = tmp_path / "farm"
+    shutil.copytree(report_runs["none"], folder)
+    run = json.loads((folder / "run.json").read_text())
+    (folder / "runs").mkdir()
+    old = run | {"videos": run["videos"] + [{"name": "0042-gone-0", "status": "failed", "error": "first try"}]}
+    (folder / "runs" / "1-shard0.json").write_text(json.dumps(old))
+    (folder / "runs" / "2-shard0.json").write_text(json.dumps(
+        run | {"videos": [{"name": "0042-gone-0", "status": "failed", "error": "second try"}]}))
+    os.utime(folder / "runs" / "1-shard0.json", ns=(1, 1))
+    (folder / "run.json").write_text(json.dumps({"latest": "runs/2-shard0.json"}))
+    s = as_json(report(folder, "--json"))
+    assert s["problems"] == []
+    (failed,) = [v for v in s["videos"] if v["status"] == "failed"]
+    assert failed["error"] == "second try" and s["counts"]["done"] == 4
 
 
 def test_bad_input_one_line_each_page_still_built(report_runs, tmp_path):

@@ -58,7 +58,8 @@ def load(browser: Chromium, page: Path) -> int:
     since = len(browser.events)
     browser.open(page.as_uri())
     browser.js("""new Promise((ok, no) => { const t0 = Date.now(); const check = () => {
-        const imgs = [...document.querySelectorAll('#grid img')].filter(i => i.getBoundingClientRect().top < innerHeight);
+        const imgs = [...document.querySelectorAll('#grid img')]
+          .filter(i => i.getBoundingClientRect().top < innerHeight);
         if (imgs.every(i => i.complete && i.naturalWidth > 0)) ok(true);
         else if (Date.now() - t0 > 10000) no(new Error('pictures did not load'));
         else setTimeout(check, 50); }; check(); })""")
@@ -122,8 +123,10 @@ def test_compare_page_plays_in_step_offline(browser, renders, tmp_path):
 
     def times_after(action: str) -> list[float]:
         return browser.js(f"""new Promise(ok => {{ const vs = [...document.querySelectorAll('#detail video')];
-            let n = 0; vs.forEach(v => v.addEventListener('seeked', () => {{ if (++n === vs.length) ok(vs.map(v => v.currentTime)); }},
-            {{ once: true }})); {action}; setTimeout(() => ok(vs.map(v => v.currentTime)), 3000); }})""")
+            let n = 0; const now = () => vs.map(v => v.currentTime);
+            const one = () => {{ if (++n === vs.length) ok(now()); }};
+            vs.forEach(v => v.addEventListener('seeked', one, {{ once: true }}));
+            {action}; setTimeout(() => ok(now()), 3000); }})""")
 
     seek = "const s = document.getElementById('d-seek'); s.value = 9; s.dispatchEvent(new Event('input'))"
     assert times_after(seek) == pytest.approx([9.5 / 8] * 2, abs=1e-3)

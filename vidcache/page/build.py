@@ -333,7 +333,7 @@ def build(folder: Path, against: Path | None = None, out: Path | None = None, on
         raise UsageError(f"{folder}: no vidcache reports (no video reports, run summaries or bench.json)")
     pairs, alone, theirs_alone = [], list(mine.videos), []
     if against is not None:
-        theirs = read_folder(against, {assets})
+        theirs = read_folder(against, {assets} | ({folder} if _inside(folder, against) else set()))
         problems += theirs.problems
         if not theirs.videos:
             raise UsageError(f"--against {against}: no vidcache video reports")

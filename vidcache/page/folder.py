@@ -130,6 +130,8 @@ def read_folder(root: Path, skip: set[Path] = frozenset()) -> Folder:
             summaries.append((path, data))
         elif is_bench_table(data):
             folder.bench.append((path, data))
+        elif path.name == "run.json" or path.parent.name == "runs":
+            pass  # a run's own bookkeeping in a shape this version does not know (a pointer to runs/)
         else:
             folder.problems.append(f"{path}: not a vidcache report (foreign JSON), skipped")
     _apply_summaries(folder, summaries)
