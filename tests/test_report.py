@@ -100,6 +100,19 @@ def test_folder_tree_with_bench_and_two_caches(report_runs, tmp_path):
     assert "<!-- <b>" not in html
 
 
+def test_two_caches_against_one_reference(report_runs, tmp_path):
+    root = tmp_path / "renders"
+    shutil.copytree(report_runs["root"], root)
+    shutil.copytree(root / "teacache", root / "teacache-again")
+    s = as_json(report(root, "--against", root / "none", "--json"))
+    paired = [v for v in s["videos"] if "reference" in v]
+    assert len(paired) == 6 and {Path(v["dir"]).name for v in paired} == {"teacache", "teacache-again"}
+    assert all(prompt_of(v["name"]) == prompt_of(v["reference"]["name"]) for v in paired)
+    assert sorted(prompt_of(u["name"]) for u in s["unpaired"]["here"]) == ["E", "E"]
+    assert [prompt_of(u["name"]) for u in s["unpaired"]["against"]] == ["D"]
+    assert not any(Path(v["dir"]).name == "none" for v in s["videos"])  # the reference run is not its own video
+
+
 def test_default_page_beside_the_videos(report_runs, tmp_path):
     folder = tmp_path / "none"
     shutil.copytree(report_runs["none"], folder)

@@ -147,6 +147,11 @@ def test_compare_page_plays_in_step_offline(browser, renders, tmp_path):
     browser.js("vidcacheReport.closeDetail(true)")
     offline_and_clean(browser, since)
 
+    after = len(browser.events)  # and the page's policy refuses the network outright
+    browser.js("document.body.append(Object.assign(new Image(), {src: 'http://127.0.0.1:9/x.png'}))")
+    failed = browser.wait_event("Network.loadingFailed", after, timeout=10)
+    assert failed["params"].get("blockedReason") == "csp"
+
 
 def test_folder_tree_filters_and_sorts(browser, renders, tmp_path):
     since = load(browser, renders / "report.html")

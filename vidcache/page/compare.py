@@ -3,7 +3,7 @@ they are (PSNR / SSIM per frame, vidcache.metrics), with a cache of those number
 the page of a growing farm folder only decodes the videos that are new.
 
 Videos pair by ``jobs.pair_key``: the same prompt, seed and settings apart from the cache. Several
-videos of one key on a side (the same prompt and seed twice in one prompt file) pair in batch order;
+videos of one key in one run (the same prompt and seed twice in one prompt file) pair in batch order;
 they have the same inputs, so nothing is guessed. A video with no partner is listed, never matched
 to a near miss.
 """
@@ -36,17 +36,22 @@ def key_of(video: Video) -> str | None:
 
 
 def pair_up(videos: list[Video], refs: list[Video]) -> tuple[list[Pair], list[Video], list[Video]]:
-    """(pairs, videos with no reference, references with no video); each list in batch order."""
+    """(pairs, videos with no reference, references with no video); each list in batch order.
+
+    Each folder of ``videos`` (one run: renders/pab, renders/teacache) pairs with the references on its
+    own, so several caches can stand against one uncached run."""
     by_key: dict[str, list[Video]] = defaultdict(list)
     for ref in refs:
         k = key_of(ref)
         if k is not None:
             by_key[k].append(ref)
     pairs, alone = [], []
+    left: dict[Path, dict[str, list[Video]]] = {}
     for video in videos:
         k = key_of(video)
-        if k is not None and by_key.get(k):
-            pairs.append(Pair(video, by_key[k].pop(0)))
+        free = left.setdefault(video.folder, {key: list(rs) for key, rs in by_key.items()}).get(k)
+        if free:
+            pairs.append(Pair(video, free.pop(0)))
         else:
             alone.append(video)
     used = {id(p.ref) for p in pairs}
