@@ -178,6 +178,29 @@ def test_folder_tree_filters_and_sorts(browser, renders, tmp_path):
     offline_and_clean(browser, since)
 
 
+def test_missing_and_failed_videos_shown(browser, report_runs, tmp_path):
+    folder = tmp_path / "bad"
+    shutil.copytree(report_runs["none"], folder)
+    gone = next(p for p in sorted(folder.glob("*.mp4")))
+    gone.unlink()
+    run = json.loads((folder / "run.json").read_text())
+    run["videos"].append({"name": "0009-oom-5", "status": "failed", "error": "out of memory on cuda: try fewer frames"})
+    (folder / "run.json").write_text(json.dumps(run))
+    (folder / "notes.json").write_text("{}")
+    r = CliRunner().invoke(app, ["report", str(folder), "--against", str(report_runs["teacache"])])
+    assert r.exit_code == 0, r.output
+    since = load(browser, folder / "report.html")
+    assert browser.js("document.querySelectorAll('#problems li').length") == 2  # the MP4, the foreign JSON
+    statuses = browser.js("[...document.querySelectorAll('#grid .card')].map(c => [c.dataset.status, c.textContent])")
+    assert sorted(s for s, _ in statuses) == ["done", "done", "done", "failed", "missing"]
+    assert "MP4 missing" in next(t for s, t in statuses if s == "missing")
+    assert "out of memory" in next(t for s, t in statuses if s == "failed")
+    for i in range(len(statuses)):  # every detail view opens without an error
+        browser.js(f"vidcacheReport.openDetail({i})")
+    browser.js("vidcacheReport.closeDetail(true)")
+    offline_and_clean(browser, since)
+
+
 def test_thousands_of_videos_stay_paged(browser, report_runs, tmp_path):
     folder = tmp_path / "farm"
     folder.mkdir()

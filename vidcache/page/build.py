@@ -289,7 +289,8 @@ def _bench(folder_bench: list[tuple[Path, list[dict[str, Any]]]], root: Path) ->
     for path, rows in folder_bench:
         png = path.parent / "pareto.png"
         out.append({"file": _url(path, root), "png": _url(png, root) if png.is_file() else None,
-                    "rows": [_scalars(r) for r in rows]})
+                    "rows": [{k: v for k, v in r.items() if v is None or isinstance(v, (str, int, float))}
+                             for r in rows]})
     return out
 
 
