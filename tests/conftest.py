@@ -64,3 +64,36 @@ def run_pipe(pipe, family: str, steps: int = 6, seed: int = 0, prompt: str = "a 
         kwargs.update(negative_prompt="", guidance_scale=5.0, max_sequence_length=16)
     with torch.no_grad():
         return pipe(prompt, **kwargs).frames[0]
+
+
+REPORT_PROMPTS = {  # renders/none gets A-D, renders/teacache B, A, E, C: the same jobs at other places
+    "A": "a red ball moving left", "B": "a blue square moving up", "C": "a green ball moving right",
+    "D": "a yellow square moving down", "E": "a red square moving right </script><!-- <b>",
+}
+
+
+@pytest.fixture(scope="session")
+def report_runs(tmp_path_factory) -> dict:
+    """What ``vidcache report`` reads, made by the embedded tiny model: renders/none (uncached),
+    renders/teacache (teacache.fast, other order, one job the other lacks and each way round) and
+    renders/bench (a one-prompt ``vidcache bench``)."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from vidcache.cli import app
+
+    root = tmp_path_factory.mktemp("renders")
+    small = ["--steps", "12", "--frames", "17", "--height", "96", "--width", "96"]
+    for cache, keys in (("none", "ABCD"), ("teacache.fast", "BAEC")):
+        prompts = root / f"{cache}.jsonl"
+        prompts.write_text("".join(json.dumps({"prompt": REPORT_PROMPTS[k], "seed": 5}) + "\n" for k in keys))
+        out = root / cache.split(".")[0]
+        r = CliRunner().invoke(app, ["gen", str(prompts), "--cache", cache, "--out", str(out), *small])
+        assert r.exit_code == 0, r.output
+        prompts.unlink()
+    r = CliRunner().invoke(app, ["bench", "--caches", "teacache.fast", "-p", REPORT_PROMPTS["A"], "--repeat", "1",
+                                 "--out", str(root / "bench"), "--steps", "4", "--frames", "9", "--height", "64",
+                                 "--width", "64"])
+    assert r.exit_code == 0, r.output
+    return {"root": root, "none": root / "none", "teacache": root / "teacache", "bench": root / "bench"}

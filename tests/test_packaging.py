@@ -39,6 +39,7 @@ def test_wheel_ships_presets_and_the_embedded_model(wheel):
     shipped = {f"vidcache/presets/{p.name}" for p in (ROOT / "presets").glob("*.toml")}
     assert shipped and shipped <= names
     assert "vidcache/assets/tiny/model_index.json" in names
+    assert {f"vidcache/page/page.{ext}" for ext in ("html", "css", "js")} <= names  # vidcache report's template
     assert not any(n.startswith("presets/") for n in names)  # no stray top-level package
 
 

@@ -62,6 +62,16 @@ class Job:
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+def pair_key(job: dict[str, Any], model: dict[str, Any], dtype: str | None) -> str:
+    """Stable hash of what decides a video apart from its cache, from a report's ``job``, ``model`` and
+    ``dtype``: two runs of one prompt file with different caches pair by it (``vidcache report
+    --against``). A job's place in its batch and its output name are left out, and the model counts by
+    name and family, not by the folder it was loaded from."""
+    blob = json.dumps({"job": {k: v for k, v in job.items() if k not in ("index", "name")},
+                       "model": [model.get("name"), model.get("family")], "dtype": dtype}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
 def _read_source(path: str) -> tuple[str, str]:
     if path == "-":
         return sys.stdin.read(), "<stdin>"

@@ -43,17 +43,22 @@ def _pair(ref: Any, test: Any) -> tuple[torch.Tensor, torch.Tensor]:
     return a.permute(0, 3, 1, 2).contiguous(), b.permute(0, 3, 1, 2).contiguous()
 
 
-def psnr(ref: Any, test: Any) -> float:
-    """Mean per-frame PSNR in dB (data range 1); identical frames count as ``PSNR_CAP``."""
+def psnr_frames(ref: Any, test: Any) -> list[float]:
+    """PSNR of each frame in dB (data range 1); identical frames count as ``PSNR_CAP``."""
     from torchmetrics.functional.image import peak_signal_noise_ratio
 
     a, b = _pair(ref, test)
     per_frame = peak_signal_noise_ratio(b, a, data_range=1.0, reduction="none", dim=(1, 2, 3))
-    return float(torch.nan_to_num(per_frame, posinf=PSNR_CAP).clamp(max=PSNR_CAP).mean())
+    return torch.nan_to_num(per_frame, posinf=PSNR_CAP).clamp(max=PSNR_CAP).tolist()
 
 
-def ssim(ref: Any, test: Any) -> float:
-    """Mean per-frame SSIM (Gaussian window 11, data range 1)."""
+def psnr(ref: Any, test: Any) -> float:
+    """Mean per-frame PSNR in dB (data range 1); identical frames count as ``PSNR_CAP``."""
+    return float(np.mean(psnr_frames(ref, test)))
+
+
+def ssim_frames(ref: Any, test: Any) -> list[float]:
+    """SSIM of each frame (Gaussian window 11, data range 1)."""
     from torchmetrics.functional.image import structural_similarity_index_measure
 
     a, b = _pair(ref, test)
@@ -63,7 +68,12 @@ def ssim(ref: Any, test: Any) -> float:
         )
         for i in range(0, a.shape[0], 32)
     ]
-    return float(torch.cat([v.reshape(-1) for v in vals]).mean())
+    return torch.cat([v.reshape(-1) for v in vals]).tolist()
+
+
+def ssim(ref: Any, test: Any) -> float:
+    """Mean per-frame SSIM (Gaussian window 11, data range 1)."""
+    return float(np.mean(ssim_frames(ref, test)))
 
 
 @lru_cache(maxsize=1)

@@ -74,19 +74,24 @@ def read_mp4(path: str | Path) -> np.ndarray:
     return np.stack(frames)
 
 
-def write_text(path: str | Path, text: str) -> Path:
-    """``text`` under ``path``, written beside it, synced, then renamed over it."""
+def write_bytes(path: str | Path, data: bytes) -> Path:
+    """``data`` under ``path``, written beside it, synced, then renamed over it."""
     path = Path(path)
     tmp = _tmp_beside(path, path.suffix)
     try:
-        with open(tmp, "w", encoding="utf-8") as fh:
-            fh.write(text)
+        with open(tmp, "wb") as fh:
+            fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
     return path
+
+
+def write_text(path: str | Path, text: str) -> Path:
+    """``text`` (UTF-8) under ``path``, written beside it, synced, then renamed over it."""
+    return write_bytes(path, text.encode("utf-8"))
 
 
 def write_json(path: str | Path, data: Any) -> Path:
