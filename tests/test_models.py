@@ -79,3 +79,21 @@ def test_a_text_length_the_checkpoint_cannot_take_is_refused(learned_cogvideox, 
     assert r.exit_code == 2
     assert "needs text_len 16" in r.output and "max_text_seq_length" in r.output
     assert not list(tmp_path.iterdir())
+
+
+def test_docs_model_table_is_the_code_s_own():
+    from vidcache.models.table import markdown
+
+    doc = (ROOT / "docs" / "models.md").read_text()
+    start, end = "<!-- model table: vidcache models --markdown -->\n", "<!-- end of model table -->"
+    assert doc[doc.index(start) + len(start): doc.index(end)] == markdown()
+
+
+def test_models_command_prints_modes_and_splits():
+    import json
+
+    r = CliRunner().invoke(app, ["models", "--json"])
+    assert r.exit_code == 0, r.output
+    rows = {row["name"]: row for row in json.loads(r.stdout)}
+    assert rows["wan-i2v"]["mode"] == "i2v" and rows["wan2.2-ti2v-5b"]["mode"] == "ti2v"
+    assert "CFG-parallel" not in rows["hunyuan"]["splits"] and "CFG-parallel" in rows["cogvideox-5b-i2v"]["splits"]

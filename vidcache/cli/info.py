@@ -12,35 +12,33 @@ from .app import app, guarded, out_console
 
 
 @app.command()
-def models(json_out: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False) -> None:
-    """Known model names, their families, defaults and input constraints."""
+def models(
+    json_out: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False,
+    markdown: Annotated[bool, typer.Option("--markdown", help="Print the table of docs/models.md.")] = False,
+) -> None:
+    """Known model names: weights, text or image input, defaults, CFG, context-parallel splits."""
     from rich.table import Table
 
-    from .. import presets
-    from ..models import ADAPTERS, NAMES
+    from ..models.table import MODES, model_rows
+    from ..models.table import markdown as table_markdown
 
-    rows = []
-    for n in NAMES.values():
-        fam = ADAPTERS[n.family]
-        d = presets.load(n.preset).defaults
-        rows.append({
-            "name": n.name, "family": fam.name, "source": n.source, "description": n.description,
-            "aliases": list(n.aliases), "defaults": d, "cfg": fam.cfg_layout,
-            "constraints": {"frames": fam.frame_rule,
-                            "size_multiple": n.size_multiple or fam.size_multiple},
-        })
+    rows = model_rows()
     if json_out:
         sys.stdout.write(json.dumps(rows, indent=2) + "\n")
         return
+    if markdown:
+        sys.stdout.write(table_markdown())
+        return
     table = Table(title="vidcache models")
-    for col in ("name", "family", "source", "defaults", "constraints"):
+    for col in ("name", "input", "family", "source", "defaults", "constraints"):
         table.add_column(col)
     for r in rows:
         d = r["defaults"]
         table.add_row(
-            r["name"], f"{r['family']} ({r['cfg']} CFG)", r["source"],
+            r["name"], MODES[r["mode"]], f"{r['family']} ({r['cfg']} CFG)", r["source"],
             f"{d['frames']}f {d['height']}x{d['width']}, {d['steps']} steps, cfg {d['guidance']}, {d['fps']} fps",
-            f"{r['constraints']['frames']}; sizes multiple of {r['constraints']['size_multiple']}",
+            f"{r['constraints']['frames']}; sizes multiple of {r['constraints']['size_multiple']}; "
+            f"splits: {r['splits']}",
         )
     out_console.print(table)
 
