@@ -40,11 +40,12 @@ def tiny_dirs(tmp_path_factory) -> dict[str, str]:
     return dirs
 
 
-def load_pipe(folder: str):
-    """Load a saved tiny pipeline the way vidcache does, every component in eval mode."""
+def load_pipe(folder: str, cls=None):
+    """Load a saved tiny pipeline the way vidcache does, every component in eval mode (``cls``: a
+    pipeline class other than the folder's own, as for Wan 2.2 TI2V with an image)."""
     from diffusers import DiffusionPipeline
 
-    pipe = DiffusionPipeline.from_pretrained(folder, dtype=torch.float32)
+    pipe = (cls or DiffusionPipeline).from_pretrained(folder, dtype=torch.float32)
     pipe.set_progress_bar_config(disable=True)
     for comp in pipe.components.values():
         if isinstance(comp, torch.nn.Module):

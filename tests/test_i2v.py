@@ -17,6 +17,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from conftest import load_pipe
 from PIL import Image
 from test_caches import TEST_PARAMS
 from test_caches_extra import FIRING
@@ -47,16 +48,10 @@ RED, GREEN = picture((220, 40, 40)), picture((40, 220, 40))
 
 
 def load(folder: str):
-    from diffusers import DiffusionPipeline, WanImageToVideoPipeline
+    from diffusers import WanImageToVideoPipeline
 
     index = json.loads(open(f"{folder}/model_index.json").read())
-    cls = WanImageToVideoPipeline if index.get("expand_timesteps") else DiffusionPipeline  # TI2V with an image
-    pipe = cls.from_pretrained(folder, dtype=torch.float32)
-    pipe.set_progress_bar_config(disable=True)
-    for comp in pipe.components.values():
-        if isinstance(comp, torch.nn.Module):
-            comp.eval()
-    return pipe
+    return load_pipe(folder, WanImageToVideoPipeline if index.get("expand_timesteps") else None)  # TI2V + image
 
 
 def render(pipe, name: str, image=RED, seed: int = 0) -> np.ndarray:
