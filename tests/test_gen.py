@@ -17,7 +17,7 @@ REQUIRED = [
     ("steps",), ("cache", "method"), ("cache", "params"), ("cache", "stats", "compute_ratio"),
     ("timing", "text_encode_s"), ("timing", "denoise_s"), ("timing", "decode_s"), ("timing", "total_s"),
     ("timing", "step_s"), ("memory", "peak_bytes"), ("device",), ("versions", "vidcache"),
-    ("versions", "torch"), ("versions", "diffusers"),
+    ("versions", "torch"), ("versions", "diffusers"), ("quantize", "mode"),
 ]
 SMALL = ["--frames", "9", "--height", "64", "--width", "64", "--steps", "3"]
 
@@ -172,7 +172,9 @@ def test_shard_splits_jobs(tiny_dirs, tmp_path):
         (["-p", "x", "--preset", "@badpreset"], "unknown key 'stepz'"),
         (["-p", "x", "--shard", "3/2"], "--shard '3/2'"),
         (["-p", "x", "--device", "cuda"], "no CUDA device"),
-        (["-p", "x", "--attention", "xformers"], "needs the 'xformers' package"),
+        (["-p", "x", "--attention", "xformers"], "--attention xformers needs a CUDA device (use sdpa on cpu)"),
+        (["-p", "x", "--attention", "sage"], "--attention sage needs a CUDA device (use sdpa on cpu)"),
+        (["-p", "x", "--quantize", "fp8"], "--quantize fp8 needs a CUDA GPU with fp8 matmuls"),
     ],
 )
 def test_usage_errors_one_line_exit_2(tiny_dirs, tmp_path, args, message):

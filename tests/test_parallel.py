@@ -46,6 +46,7 @@ def run_cases(cases: list[dict], out: Path) -> None:
     from vidcache import caches
     from vidcache.errors import UsageError
     from vidcache.jobs import Prompt
+    from vidcache.loading import LoadOptions
     from vidcache.parallel import ParallelOptions
     from vidcache.runner import RunConfig, Runner, plan_run
 
@@ -58,6 +59,7 @@ def run_cases(cases: list[dict], out: Path) -> None:
             model=case["model"], cache=method, sets=sets, out=out, image=case.get("image"),
             flags=dict(SMALL) | case.get("flags", {}),
             parallel=ParallelOptions(ulysses=case.get("ulysses"), cfg=case.get("cfg", False)),
+            load=LoadOptions(quantize=case.get("quantize", "none")),
         )
         plan = plan_run(cfg, [Prompt(PROMPT, {}, "test")])
         runner = Runner(plan)
@@ -192,6 +194,10 @@ def matrix(tiny_dirs, tmp_path_factory):
         single.append({"id": f"{name}-teacache", **case, "cache": "teacache"})
         double.append({"id": f"{name}-teacache", **case, "cache": "teacache", "ulysses": 2})
     double.append({"id": "wan-i2v-cfg", "model": tiny_dirs["wan-i2v"], "image": str(image), "sets": [], "cfg": True})
+    for fam, method in QUANTIZED:  # --quantize int8 under context parallelism
+        case = {"id": f"{fam}-int8-{method}", "model": tiny_dirs[fam], "cache": method, "quantize": "int8"}
+        single.append(case)
+        double.append({**case, "ulysses": 2})
     ref = tmp / "single"
     ref.mkdir()
     run_cases(single, ref)
@@ -269,6 +275,23 @@ def test_cache_same_decisions_on_two_ranks(matrix, family, method):
     assert steps1, "the cache recorded no forwards"
     same_decisions(steps1, steps2)
     assert np.abs(one - two).max() <= 1e-4
+
+
+QUANTIZED = [("wan", "teacache"), ("wan", "pab"), ("hunyuan", "teacache")]
+
+
+@pytest.mark.parametrize(("family", "method"), QUANTIZED)
+def test_int8_quantized_two_ranks_equal_one(matrix, family, method):
+    """Each rank quantizes its copy of the weights alike: 2 ranks still render what 1 renders, with
+    the same cache decisions (HunyuanVideo's TeaCache indicator runs through a quantized layer)."""
+    ref, par = matrix
+    one, rep1 = load(ref, f"{family}-int8-{method}")
+    two, rep2 = load(par, f"{family}-int8-{method}")
+    assert rep1["quantize"]["mode"] == rep2["quantize"]["mode"] == "int8"
+    same_decisions(rep1["cache"]["stats"]["per_step"], rep2["cache"]["stats"]["per_step"])
+    assert np.abs(one - two).max() <= 1e-4
+    plain, _ = load(ref, f"{family}-{method}")
+    assert not np.array_equal(one, plain)  # the quantization did something
 
 
 @pytest.mark.parametrize(("ulysses", "ring"), [(2, 1), (4, 1), (1, 2), (1, 4), (2, 2)])

@@ -16,7 +16,7 @@ from typing import Any, Protocol
 
 import torch
 
-from . import caches, memory, parallel, presets
+from . import caches, memory, parallel, presets, quantize
 from . import jobs as jobs_mod
 from .compile import compile_pipeline
 from .errors import RankLost, UsageError, one_line
@@ -230,9 +230,12 @@ class Runner:
 
     def job_context(self) -> dict[str, Any]:
         m = self.plan.model
-        return {"model": m.source, "family": m.family.name, "dtype": str(self.plan.config.load.dtype),
-                "cache": {"method": self.method, "variant": self.variant,
-                          "params": self.requested_params}}
+        context = {"model": m.source, "family": m.family.name, "dtype": str(self.plan.config.load.dtype),
+                   "cache": {"method": self.method, "variant": self.variant,
+                             "params": self.requested_params}}
+        if self.plan.config.load.quantize != "none":  # absent when off: earlier reports keep their keys
+            context["quantize"] = self.plan.config.load.quantize
+        return context
 
     # -- resume ------------------------------------------------------------------------------
     def finished(self, job: jobs_mod.Job) -> dict[str, Any] | None:
@@ -331,6 +334,7 @@ class Runner:
             "memory": {"peak_bytes": peak, "kind": kind},
             "device": device_info(self.device),
             "dtype": str(self.dtype).removeprefix("torch."),
+            "quantize": quantize.describe(self.pipe),
             "versions": versions(),
             "job": asdict(job),
             "job_key": job.key(self.job_context()),
@@ -422,6 +426,7 @@ class Runner:
             "model": {"name": m.name, "family": m.family.name, "source": m.source},
             "cache": {"method": caches.report_name(self.method), "variant": self.variant,
                       "params": self.cache_params or self.requested_params},
+            "quantize": self.plan.config.load.quantize,
             "out": str(self.out),
             "seconds": seconds,
             "counts": {s: sum(r["status"] == s for r in rows) for s in ("done", "skipped", "failed")},

@@ -40,6 +40,8 @@ from .options import (
     NegativeOpt,
     PresetOpt,
     PromptOpt,
+    Quantize,
+    QuantizeOpt,
     SeedOpt,
     SetOpt,
     StepsOpt,
@@ -71,6 +73,7 @@ def _gen_template(
     device: DeviceOpt = Device.auto,
     dtype: DTypeOpt = DType.auto,
     attention: AttentionOpt = Attention.auto,
+    quantize: QuantizeOpt = Quantize.none,
     offload: Annotated[bool, typer.Option(help="Model CPU offload: one component on the GPU at a time.")] = False,
     sequential_offload: Annotated[bool, typer.Option(
         help="Sequential CPU offload: least GPU memory, slowest.")] = False,
@@ -121,7 +124,8 @@ class GenArgs:
             flags=flags,
             load=LoadOptions(device=v["device"].value, dtype=v["dtype"].value, attention=v["attention"].value,
                              offload=v["offload"], sequential_offload=v["sequential_offload"],
-                             group_offload=v["group_offload"], compile=v["compile_"]),
+                             group_offload=v["group_offload"], compile=v["compile_"],
+                             quantize=v["quantize"].value),
             parallel=ParallelOptions(ulysses=v["ulysses"], ring=v["ring"], cfg=v["cfg_parallel"]),
             image=str(v["image"]) if v["image"] is not None else None, fit=v["fit"].value,
         )

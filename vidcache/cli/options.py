@@ -22,6 +22,12 @@ class DType(str, Enum):
     fp32 = "fp32"
 
 
+class Quantize(str, Enum):
+    none = "none"
+    fp8 = "fp8"
+    int8 = "int8"
+
+
 class Attention(str, Enum):
     auto = "auto"
     sdpa = "sdpa"
@@ -57,7 +63,11 @@ SeedOpt = Annotated[int, typer.Option(help="Seed for every job without its own."
 DeviceOpt = Annotated[Device, typer.Option(help="Where to run.")]
 DTypeOpt = Annotated[DType, typer.Option(help="Weights and compute precision (auto: bf16 on CUDA, fp32 on CPU).")]
 AttentionOpt = Annotated[Attention, typer.Option(
-    help="Attention backend (auto: PyTorch SDPA; FlashAttention-3 for Wan on Hopper when installed).")]
+    help="Attention backend (auto: PyTorch SDPA; FlashAttention-3 for Wan on Hopper when installed; "
+         "sage: SageAttention 2, 8-bit Q.K, not exact).")]
+QuantizeOpt = Annotated[Quantize, typer.Option(
+    help="Quantize the transformer blocks' linear layers with torchao: int8 weight-only (less memory, "
+         "any device) or fp8 weights and activations (GPUs with compute capability 8.9+).")]
 CompileOpt = Annotated[bool, typer.Option(
     "--compile", help="torch.compile the transformer blocks (the first video compiles).")]
 ImageOpt = Annotated[Path | None, typer.Option(

@@ -81,6 +81,8 @@ class FamilyAdapter:
     vae_fp32: ClassVar[bool] = False  # keep the VAE in fp32 whatever the dtype
     needs_attention_mask: ClassVar[bool] = False  # attention kernels without masks cannot run it
     flash3_auto: ClassVar[bool] = False  # --attention auto may pick FlashAttention-3 on Hopper
+    # its attention goes through diffusers' dispatcher, so --attention's backends reach it in one process
+    dispatches_attention: ClassVar[bool] = True
 
     # context parallelism: the joint [text, video] sequence is split (else only video tokens are)
     cp_joint_sequence: ClassVar[bool] = False

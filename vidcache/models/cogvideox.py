@@ -29,6 +29,7 @@ class CogVideoXAdapter(FamilyAdapter):
     max_frames = 49
     uses_flow_shift = False
     cp_joint_sequence = True  # see cogvideox_cp.CogVideoXSplitHooks
+    dispatches_attention = False  # its processor calls SDPA itself (under CP: cogvideox_cp's processor)
 
     def text_len_rule(self, transformer_config: dict[str, Any], mode: str) -> tuple[int | None, str]:
         """Positional embeddings (sincos, as in CogVideoX-2B, or learned, as in 5B-I2V) are laid out
