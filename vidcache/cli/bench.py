@@ -35,7 +35,8 @@ from .options import (
 @app.command()
 def bench(
     caches: Annotated[str, typer.Option(
-        help="Comma-separated methods (METHOD.VARIANT for a preset variant); the uncached baseline always runs.",
+        help="Comma-separated methods (METHOD.VARIANT for a preset variant; METHOD@int8 or @fp8 on quantized "
+             "weights, none@int8 for quantization alone); the uncached, unquantized baseline always runs.",
     )] = "pab,fastercache,teacache",
     prompts: PromptsOpt = None,
     prompt: PromptOpt = [],  # noqa: B006
@@ -91,9 +92,10 @@ def bench(
         sys.stdout.write(json.dumps(rows, indent=2) + "\n")
         return
     table = Table(title=f"vidcache bench: {plan.model.name} ({len(plan.jobs)} prompts x {repeat})")
-    for col, head in zip(bench_mod.MD_COLUMNS, bench_mod.SHORT_HEADERS):
-        table.add_column(head, justify="left" if col in ("method", "preset") else "right")
+    cols, heads = bench_mod.columns(rows)
+    for col, head in zip(cols, heads):
+        table.add_column(head, justify="left" if col in ("method", "preset", "quantize") else "right")
     for r in rows:
-        table.add_row(*(bench_mod._fmt(r.get(c), c) for c in bench_mod.MD_COLUMNS))
+        table.add_row(*(bench_mod._fmt(r.get(c), c) for c in cols))
     out_console.print(table)
     note(f"wrote {paths['json']}, {paths['md']}, {paths['png']}")
