@@ -521,7 +521,14 @@ def test_bench_gpu_small_prints_every_measurement():
     assert rows[0]["kind"] == "env" and rows[-1]["kind"] == "done"
     models = ["wan-small", "cogvideox-small", "hunyuan-small", "wan-14b-small"]
     assert [x["model"] for x in rows if x["kind"] == "model"] == models
-    assert not [x for x in rows if x["kind"] in ("skipped", "error")]
+    assert not [x for x in rows if x["kind"] == "error" or (x["kind"] in ("kernel", "stack") and "error" in x)]
+    # skipped on a CPU, each with its reason: the Sage rows (vidcache's own refusal) and the compiled
+    # kernel rows of all cases but wan-small (suite time)
+    skipped = [x for x in rows if x["kind"] == "skipped"]
+    assert {x["what"] for x in skipped} == {"kernel"}
+    assert {x["reason"] for x in skipped if x["attention"] == "sage"} == {
+        "--attention sage needs a CUDA device (use sdpa on cpu)"}
+    assert {x["model"] for x in skipped if x["attention"] == "native"} == set(models) - {"wan-small"}
     schedule_methods = [m for m in ("pab", "fastercache", "teacache", "adacache", "mixcache") if m in METHODS]
     assert rows[0]["methods"] == schedule_methods
     for model in models:
@@ -554,3 +561,23 @@ def test_bench_gpu_small_prints_every_measurement():
     attention = [x for x in rows if x["kind"] == "attention"]
     assert {x["backend"] for x in attention} == {"native", "_native_math"}
     assert [x["backend"] for x in attention if x["auto"]] == ["native"]
+    # the kernel rows: int8 weight-only stands in for fp8 on a CPU, against bf16 (here fp32) SDPA eager
+    for model in models:
+        assert [x["layers"] > 0 and x["mode"] for x in rows if x["kind"] == "quantize" and x["model"] == model] == [
+            "int8"]
+        kernel = {(x["quantize"], x["compile"]): x for x in rows if x["kind"] == "kernel" and x["model"] == model}
+        assert set(kernel) == ({("none", False), ("int8", False), ("none", True), ("int8", True)}
+                               if model == "wan-small" else {("none", False), ("int8", False)})
+        assert all(x["seconds"] > 0 and x["tflops"] > 0 and x["attention"] == "native" for x in kernel.values())
+        assert kernel[("none", False)]["speedup"] == 1.0 and "psnr_db" not in kernel[("none", False)]
+        assert 40 < kernel[("int8", False)]["psnr_db"] < 150  # measured 73-83 dB: lossy, not a no-op
+        if model == "wan-small":  # aot_eager: the compiled graph computes exactly what eager does
+            assert kernel[("none", True)]["rel_l2"] < 1e-6
+            assert kernel[("int8", True)]["psnr_db"] == pytest.approx(kernel[("int8", False)]["psnr_db"], abs=0.5)
+        stack = [x for x in rows if x["kind"] == "stack" and x["model"] == model]
+        assert [x["method"] for x in stack] == ["none", "none", "teacache", "adacache"]
+        assert (stack[0]["quantize"], stack[0]["compile"]) == ("none", False) and stack[0]["speedup"] == 1.0
+        if model == "wan-small":  # --small stacks the most: int8 + compiled under the caches
+            assert all((x["quantize"], x["compile"]) == ("int8", True) for x in stack[1:])
+        for x in stack[2:]:
+            assert x["forced"] is True and x["compute_ratio"] < 1.0 and x["seconds"] > 0
