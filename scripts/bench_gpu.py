@@ -612,11 +612,12 @@ def unusable(case: Case, b: Bench) -> dict[str, str | None]:
     """Why the quantization mode or Sage cannot run here (vidcache's own refusals), None if they can."""
     from vidcache.errors import UsageError
     from vidcache.loading import check_attention
+    from vidcache.models import adapter_named
     from vidcache.quantize import check_quantize
 
     reasons: dict[str, str | None] = {}
     for what, check in ((kernel_quantization(b), lambda: check_quantize(kernel_quantization(b), b.device)),
-                        ("sage", lambda: check_attention("sage", b.device, case.family, b.dtype))):
+                        ("sage", lambda: check_attention("sage", b.device, adapter_named(case.family), b.dtype))):
         try:
             check()
             reasons[what] = None

@@ -305,14 +305,16 @@ def test_sage_refusals_and_backend(monkeypatch):
     import diffusers.utils
 
     from vidcache import loading
+    from vidcache.models import ADAPTERS
 
     bf16 = torch.bfloat16
+    wan, hunyuan, cogvideox = ADAPTERS["wan"], ADAPTERS["hunyuan"], ADAPTERS["cogvideox"]
     with pytest.raises(UsageError, match="needs a CUDA device"):
-        check_attention("sage", "cpu", "wan", torch.float32)
+        check_attention("sage", "cpu", wan, torch.float32)
     real_find = importlib.util.find_spec
     if real_find("sageattention") is None:
         with pytest.raises(UsageError, match="needs the 'sageattention' package: build SageAttention 2"):
-            check_attention("sage", "cuda", "wan", bf16)
+            check_attention("sage", "cuda", wan, bf16)
     monkeypatch.setattr(loading.importlib.util, "find_spec",
                         lambda name, *a: object() if name == "sageattention" else real_find(name, *a))
     with monkeypatch.context() as m:  # PyPI's sageattention 1.0.6, which diffusers does not take
@@ -321,21 +323,21 @@ def test_sage_refusals_and_backend(monkeypatch):
                   lambda name: "1.0.6" if name == "sageattention" else real_version(name))
         m.setattr(diffusers.utils, "is_sageattention_version", lambda op, v: False)
         with pytest.raises(UsageError, match=r"needs SageAttention 2.1.1 or newer \(found 1.0.6\)"):
-            check_attention("sage", "cuda", "wan", bf16)
+            check_attention("sage", "cuda", wan, bf16)
     monkeypatch.setattr(diffusers.utils, "is_sageattention_version", lambda op, v: True)
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: (7, 5))
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "Tesla T4")
     with pytest.raises(UsageError, match=r"needs compute capability 8.0 or newer; Tesla T4 is 7.5"):
-        check_attention("sage", "cuda", "wan", bf16)
+        check_attention("sage", "cuda", wan, bf16)
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: (9, 0))
     with pytest.raises(UsageError, match="computes in bf16 or fp16"):
-        check_attention("sage", "cuda", "wan", torch.float32)
-    with pytest.raises(UsageError, match="no attention mask, which HunyuanVideo needs"):
-        check_attention("sage", "cuda", "hunyuan", bf16)
+        check_attention("sage", "cuda", wan, torch.float32)
+    with pytest.raises(UsageError, match="no attention mask, which hunyuan needs"):
+        check_attention("sage", "cuda", hunyuan, bf16)
     monkeypatch.delenv("WORLD_SIZE", raising=False)
-    with pytest.raises(UsageError, match="CogVideoX's attention processor calls PyTorch SDPA itself"):
-        check_attention("sage", "cuda", "cogvideox", bf16)
-    backend = check_attention("sage", "cuda", "wan", bf16)
+    with pytest.raises(UsageError, match="cogvideox's attention processor calls PyTorch SDPA itself"):
+        check_attention("sage", "cuda", cogvideox, bf16)
+    backend = check_attention("sage", "cuda", wan, bf16)
     assert backend == "sage"
     # diffusers takes that name as its SageAttention backend (its own package check mocked present)
     from diffusers.models import attention_dispatch
