@@ -345,6 +345,9 @@ def test_sage_refusals_and_backend(monkeypatch):
     from vidcache.tiny import build_tiny_wan
 
     monkeypatch.setattr(attention_dispatch, "_CAN_USE_SAGE_ATTN", True)
+    # set_attention_backend also makes "sage" diffusers' process-wide default: put it back afterwards
+    registry = attention_dispatch._AttentionBackendRegistry
+    monkeypatch.setattr(registry, "_active_backend", registry._active_backend)
     tr = build_tiny_wan().transformer
     tr.set_attention_backend(backend)
     backends = {m.processor._attention_backend for m in tr.modules() if hasattr(m, "processor")}
