@@ -460,3 +460,23 @@ def test_failed_video_under_torchrun(tiny_dirs, tmp_path, fail_ranks):
 
 if __name__ == "__main__" and len(sys.argv) == 4 and sys.argv[1] == "--worker":
     _worker(sys.argv[2], sys.argv[3])
+
+
+def test_the_chosen_attention_backend_reaches_processors_put_in_place_for_cp(tiny_dirs, monkeypatch):
+    """CogVideoX's context-parallel processors replace the model's own: `--attention` must be set
+    on them afterwards (it was set on the replaced ones only, so Ulysses ran SDPA whatever was asked)."""
+    from conftest import load_pipe
+
+    from vidcache.parallel import ParallelPlan, ParallelRun
+
+    tr = load_pipe(tiny_dirs["cogvideox"]).transformer
+    seen = []
+    monkeypatch.setattr(type(tr), "set_attention_backend",
+                        lambda self, name: seen.append((name, {type(m.processor).__name__ for m in self.modules()
+                                                               if hasattr(m, "processor")})))
+    monkeypatch.setattr(type(tr), "enable_parallelism", lambda self, config, cp_plan: None)
+    monkeypatch.setattr("vidcache.models.cogvideox.CogVideoXAdapter.finish_cp", lambda *a: None)
+    run = ParallelRun.__new__(ParallelRun)
+    run.plan = ParallelPlan(2, 2, 1, 1, "cogvideox", "batched", attention="flash")
+    run._enable_cp(tr, config=None)
+    assert seen == [("flash", {"CogVideoXAttnProcessorCP"})]

@@ -442,9 +442,13 @@ class ParallelRun:
         model without one, its own attention processors, split and mask hooks)."""
         plan = self.plan
         family = adapter_named(plan.family)
-        family.prepare_cp(tr)
+        family.prepare_cp(tr)  # may put new attention processors in place: the backend is set after it
         if plan.ring > 1:
             tr.set_attention_backend(RING_BACKENDS[plan.attention])
+        elif plan.attention not in ("auto", "sdpa"):
+            from .loading import ATTENTION
+
+            tr.set_attention_backend(ATTENTION[plan.attention][0])
         with _accelerator_count_on_cpu():
             tr.enable_parallelism(config=config, cp_plan=family.cp_plan())
         family.finish_cp(tr, plan, config)
