@@ -164,7 +164,7 @@ def apply_cache(
     for transformer in transformers:
         base.layout_of(transformer)  # refuse an unsupported model before touching anything
     remove_cache(pipe)
-    link = None if transformers == [pipe] else base.PipelineLink.of(pipe)
+    link = None if transformers == [pipe] else base.PipelineLink.of(pipe, base.layout_of(transformers[0]))
     effective: dict[str, Any] = {}
     for i, transformer in enumerate(transformers):
         try:

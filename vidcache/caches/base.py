@@ -227,13 +227,12 @@ class PipelineLink:
     step_index: Callable[[], int | None] = lambda: None
 
     @classmethod
-    def of(cls, pipe: Any) -> PipelineLink:
+    def of(cls, pipe: Any, family: FamilyAdapter | None = None) -> PipelineLink:
         def timesteps():
             return getattr(getattr(pipe, "scheduler", None), "timesteps", None)
 
         def cfg_active():
-            value = getattr(pipe, "do_classifier_free_guidance", None)
-            return value if isinstance(value, bool) else None
+            return (family or FamilyAdapter()).cfg_active(pipe)
 
         def step_index():
             """The scheduler's own count of the steps it has taken (None before the first: step 0),
@@ -529,7 +528,7 @@ class TransformerHook(ModelHook):
         num_steps = ctx.num_inference_steps
         if num_steps is None and torch.is_tensor(self._schedule_key):
             num_steps = len(self._schedule_key)
-        return StepInfo(step, num_steps, self._timestep(ctx, step, args, kwargs), ctx.name)
+        return StepInfo(step, num_steps, self._timestep(ctx, step, args, kwargs), self.layout.branch_of(ctx.name))
 
     def _timestep(self, ctx: Any, step: int, args: tuple, kwargs: dict) -> float | None:
         if isinstance(ctx.timestep, (int, float)):

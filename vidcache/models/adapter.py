@@ -56,6 +56,9 @@ class FamilyAdapter:
     # forward on [uncond, cond]) or "distilled" (guidance-distilled: one forward per step)
     cfg_layout: ClassVar[str]
     batched_inputs: ClassVar[tuple[str, ...]] = ()  # transformer inputs batched [uncond, cond]
+    # "separate": the cache-context names the pipeline gives its cond and uncond forwards; the caches
+    # and CFG-parallel see them as "cond" / "uncond" (``branch_of``)
+    cfg_contexts: ClassVar[tuple[str, str]] = ("cond", "uncond")
 
     # blocks: the lists holding the stack, in execution order, and which attribute of a block holds
     # which kind of attention ("spatial": self-attention over the video tokens, "cross": text)
@@ -112,6 +115,17 @@ class FamilyAdapter:
         of the families it ships metadata for; a family it does not cover registers its own here
         (called by ``registry.adapter_of``, so once per cache attachment: keep it idempotent)."""
 
+    def branch_of(self, context: str) -> str:
+        """vidcache's name of a cache context: "cond" / "uncond" for the pipeline's own names of its two
+        CFG forwards (HunyuanVideo 1.5's guider calls them "pred_cond" / "pred_uncond"), any other as is."""
+        cond, uncond = self.cfg_contexts
+        return "cond" if context == cond else "uncond" if context == uncond else context
+
+    def cfg_active(self, pipe: Any) -> bool | None:
+        """Whether the pipeline runs its unconditional branch now (None: it cannot tell)."""
+        value = getattr(pipe, "do_classifier_free_guidance", None)
+        return value if isinstance(value, bool) else None
+
     def mode_of_index(self, pipeline_class: str, index: dict[str, Any]) -> str:
         """The mode of a folder from its model_index.json: "t2v", "i2v", or "ti2v" (a checkpoint
         that takes an image or not, e.g. Wan 2.2 TI2V-5B)."""
@@ -124,13 +138,6 @@ class FamilyAdapter:
             if m == mode:
                 return cls
         raise KeyError(mode)
-
-    def pipeline_kwargs(self, kwargs: dict[str, Any], mode: str) -> dict[str, Any]:
-        """The pipeline call's arguments, adjusted for this family. The runner builds prompt,
-        negative_prompt (when ``accepts_negative_prompt``), height, width, num_frames,
-        num_inference_steps, guidance_scale(_2), generator, output_type, max_sequence_length,
-        the step callback and, for image-to-video, ``image`` (fitted to height x width)."""
-        return kwargs
 
     def folder_preset(self, mode: str) -> str:
         return self.folder_presets.get(mode, self.folder_presets["t2v"])
@@ -145,6 +152,21 @@ class FamilyAdapter:
             return False
         limit = max_frames or self.max_frames
         return limit is None or frames <= limit
+
+    def size_from_image(self, mode: str, image_size: tuple[int, int],
+                        transformer_config: dict[str, Any] | None) -> tuple[int, int] | None:
+        """(height, width) this family makes from an image of ``image_size`` (width, height) in
+        ``mode``, when the pipeline takes no size of its own (HunyuanVideo 1.5 image-to-video); None:
+        the video has the job's height x width and the image is fitted to it."""
+        return None
+
+    def pipeline_kwargs(self, kwargs: dict[str, Any], mode: str, pipe: Any = None) -> dict[str, Any]:
+        """The pipeline call's arguments, adjusted for this family. The runner builds prompt,
+        negative_prompt (when ``accepts_negative_prompt``), height, width, num_frames,
+        num_inference_steps, guidance_scale(_2), generator, output_type, max_sequence_length,
+        the step callback and, for image-to-video, ``image`` (fitted to height x width). ``pipe``:
+        the pipeline to be called, for what a family sets on it rather than passes (a guider)."""
+        return kwargs
 
     def text_len_rule(self, transformer_config: dict[str, Any], mode: str) -> tuple[int | None, str]:
         """The text length this folder's transformer requires, and why (None: any length)."""

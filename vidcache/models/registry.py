@@ -15,12 +15,12 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UsageError
-from . import cogvideox, hunyuan, wan
+from . import cogvideox, hunyuan, hunyuan15, wan
 from .adapter import FamilyAdapter
 from .geometry import config_file
 from .spec import ModelName
 
-_FAMILY_MODULES = (wan, cogvideox, hunyuan)
+_FAMILY_MODULES = (wan, cogvideox, hunyuan, hunyuan15)
 
 ADAPTERS: dict[str, FamilyAdapter] = {m.ADAPTER.name: m.ADAPTER for m in _FAMILY_MODULES}
 NAMES: dict[str, ModelName] = {n.name: n for m in _FAMILY_MODULES for n in m.NAMES}

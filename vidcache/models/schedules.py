@@ -5,7 +5,7 @@ settings were tuned on DDPM-like schedules: with Wan's flow shift the same windo
 different steps. The presets therefore choose their windows against these schedules, for the
 model's default step count, and ``docs/caches.md`` lists the steps each window covers. The scheduler
 configurations are those of the models' diffusers repositories (Wan: UniPC with flow prediction;
-HunyuanVideo: flow-match Euler, shift 7; CogVideoX: DDIM, trailing spacing), with the flow shift of
+HunyuanVideo: flow-match Euler, shift 7; HunyuanVideo 1.5: the same, shift 5; CogVideoX: DDIM, trailing spacing), with the flow shift of
 the preset's ``[defaults]`` where it sets one.
 """
 
@@ -42,6 +42,10 @@ REFERENCE_SCHEDULERS: dict[str, tuple[str, dict[str, Any], str | None]] = {
         "UniPCMultistepScheduler", {**_WAN_UNIPC, "flow_shift": 12.0}, "flow_shift"
     ),
     "hunyuan": ("FlowMatchEulerDiscreteScheduler", {"shift": 7.0}, "shift"),
+    "hunyuan-i2v": ("FlowMatchEulerDiscreteScheduler", {"shift": 7.0}, "shift"),
+    # HunyuanVideo 1.5, 480p: flow-match Euler, shift 5 (its README's optimal configuration)
+    "hunyuan15": ("FlowMatchEulerDiscreteScheduler", {"shift": 5.0}, "shift"),
+    "hunyuan15-i2v": ("FlowMatchEulerDiscreteScheduler", {"shift": 5.0}, "shift"),
     "cogvideox": ("CogVideoXDDIMScheduler", {**_COGVIDEOX_DDIM, "snr_shift_scale": 3.0}, None),
     "cogvideox-5b": ("CogVideoXDDIMScheduler", {**_COGVIDEOX_DDIM, "snr_shift_scale": 1.0}, None),
     # image-to-video: Wan 2.1 I2V at Wan's shifts for 480p / 720p, Wan 2.2 I2V A14B at its own I2V
