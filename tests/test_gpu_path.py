@@ -115,6 +115,12 @@ def _tiny_inputs(family: str, pipe) -> tuple[int, dict]:
         rotary = pipe._prepare_rotary_positional_embeddings(64, 64, 3, torch.device("cpu"))
         return 2, {"hidden_states": torch.randn(2, 3, 4, 8, 8, generator=g),
                    "encoder_hidden_states": torch.randn(2, 16, 32, generator=g), "image_rotary_emb": rotary}
+    if family == "hunyuan15":  # latents + image condition + mask; 16 prompt, 8 glyph, 8 (zero) image tokens
+        return 1, {"hidden_states": torch.randn(1, 9, 3, 4, 4, generator=g),
+                   "encoder_hidden_states": torch.randn(1, 16, 32, generator=g),
+                   "encoder_attention_mask": torch.ones(1, 16),
+                   "encoder_hidden_states_2": torch.randn(1, 8, 32, generator=g),
+                   "encoder_attention_mask_2": torch.ones(1, 8), "image_embeds": torch.zeros(1, 8, 16)}
     return 1, {"hidden_states": torch.randn(1, 4, 3, 8, 8, generator=g),
                "encoder_hidden_states": torch.randn(1, 32, 32, generator=g),
                "encoder_attention_mask": torch.ones(1, 32), "pooled_projections": torch.randn(1, 32, generator=g),
@@ -136,6 +142,8 @@ class Driver:
         self.kwargs = {k: tuple(move(x) for x in v) if isinstance(v, tuple) else move(v) for k, v in kwargs.items()}
         self.shim = SimpleNamespace(transformer=self.tr, scheduler=SimpleNamespace(timesteps=None),
                                     do_classifier_free_guidance=family != "hunyuan")
+        if family == "hunyuan15":  # CFG through a guider, in its own context names
+            self.shim.guider = SimpleNamespace(_enabled=True, num_conditions=2)
 
     def video(self, on_forward=None) -> list:
         """One video; ``on_forward(run)`` wraps each forward (``run()`` does it) and its results are returned."""
@@ -143,14 +151,18 @@ class Driver:
         ts = _meta(ts, schedule=True) if self.meta else ts
         self.shim.scheduler.timesteps = ts
         results = []
-        names = {"wan": ("cond", "uncond"), "cogvideox": ("cond_uncond",), "hunyuan": ("cond",)}[self.family]
+        names = {"wan": ("cond", "uncond"), "cogvideox": ("cond_uncond",), "hunyuan": ("cond",),
+                 "hunyuan15": ("pred_cond", "pred_uncond")}[self.family]
         for i in range(self.steps):
             for name in names:
                 ctx = {"step_index": i, "num_inference_steps": self.steps} if self.family == "wan" else {}
 
                 def run(i=i, name=name, ctx=ctx):
+                    t = ts[i:i + 1].expand(self.batch)
+                    if self.family == "hunyuan15":  # its pipeline passes the timestep in the latents' dtype
+                        t = t.to(self.tr.dtype)
                     with torch.no_grad(), self.tr.cache_context(name, **ctx):
-                        return self.tr(timestep=ts[i:i + 1].expand(self.batch), return_dict=False, **self.kwargs)[0]
+                        return self.tr(timestep=t, return_dict=False, **self.kwargs)[0]
 
                 results.append(on_forward(run) if on_forward else run())
         return results
@@ -371,20 +383,25 @@ def _estimate_misses(d: Driver, shape, job, methods) -> str:
     return "\n".join(bad)
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+# the text stream the Driver's inputs make: HunyuanVideo 32 tokens, HunyuanVideo 1.5 16 + 8 + 8, the others 16
+TEXT_TOKENS = {"hunyuan": 32, "hunyuan15": 32}
+
+
+@pytest.mark.parametrize("family", [*FAMILIES, "hunyuan15"])
 def test_cache_estimate_matches_measured_memory(tiny_pipes, family):
     """estimate_cache_bytes against cache.stats.memory_bytes on the tiny models (12 steps: long enough
     for every method to reach its steady peak)."""
     from vidcache.memory import JobShape, model_shape
+    from vidcache.tiny import BUILDERS
 
-    pipe = tiny_pipes[family]
+    pipe = tiny_pipes[family] if family in tiny_pipes else BUILDERS[family]()
     d = Driver(family, pipe, steps=12)
     shape = model_shape(pipe)
-    job = JobShape(9, 64, 64, 32 if family == "hunyuan" else 16, cfg=True)
+    job = JobShape(9, 64, 64, TEXT_TOKENS.get(family, 16), cfg=True)
     assert not _estimate_misses(d, shape, job, METHODS)
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", [*FAMILIES, "hunyuan15"])
 def test_cache_estimate_matches_measured_memory_in_bf16(family):
     """The same in bf16, the dtype of real runs: an fp32 tiny model cannot tell a tensor kept in the
     model's dtype from one kept in fp32 (AdaCache's estimate was 50 % high on the H100 that way)."""
@@ -398,7 +415,7 @@ def test_cache_estimate_matches_measured_memory_in_bf16(family):
                 for k, v in d.kwargs.items()}
     shape = model_shape(pipe)
     assert shape.bytes_per_element == 2
-    job = JobShape(9, 64, 64, 32 if family == "hunyuan" else 16, cfg=True)
+    job = JobShape(9, 64, 64, TEXT_TOKENS.get(family, 16), cfg=True)
     assert not _estimate_misses(d, shape, job, ("teacache", "adacache", "mixcache", "fastercache"))
 
 

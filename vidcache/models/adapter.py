@@ -168,6 +168,11 @@ class FamilyAdapter:
         the pipeline to be called, for what a family sets on it rather than passes (a guider)."""
         return kwargs
 
+    def text_tokens(self, text_len: int) -> int:
+        """The text-stream tokens the transformer carries for a prompt budget of ``text_len`` (memory
+        estimates): the budget itself, unless the family adds tokens of its own."""
+        return text_len
+
     def text_len_rule(self, transformer_config: dict[str, Any], mode: str) -> tuple[int | None, str]:
         """The text length this folder's transformer requires, and why (None: any length)."""
         return None, ""

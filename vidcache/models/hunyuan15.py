@@ -36,6 +36,10 @@ from .adapter import FamilyAdapter, TeaCacheIndicator
 from .geometry import Geometry
 from .spec import ModelName
 
+# the joint text stream besides the prompt: the pipelines' ByT5 glyph budget (tokenizer_2_max_length)
+# and the image tokens (text-to-video: 729 zeros; image-to-video: SigLIP-so400m's 27 x 27 features)
+GLYPH_TOKENS, IMAGE_TOKENS = 256, 729
+
 
 class HunyuanVideo15Adapter(FamilyAdapter):
     name = "hunyuan15"
@@ -97,6 +101,9 @@ class HunyuanVideo15Adapter(FamilyAdapter):
         if callback is not None:
             _StepCallback.install(pipe, callback)
         return kw
+
+    def text_tokens(self, text_len: int) -> int:
+        return text_len + GLYPH_TOKENS + IMAGE_TOKENS
 
     # -- TeaCache -------------------------------------------------------------------------------
     def teacache_coefficients(self, config: Any, retention: bool) -> tuple[str | None, str | None]:

@@ -56,13 +56,13 @@ class HunyuanVideo15AttnProcessorCP:
         def heads(x: torch.Tensor) -> torch.Tensor:
             return x.unflatten(2, (attn.heads, -1))
 
-        query, key, value = heads(attn.to_q(hidden_states)), heads(attn.to_k(hidden_states)), heads(attn.to_v(hidden_states))
+        query, key, value = (heads(proj(hidden_states)) for proj in (attn.to_q, attn.to_k, attn.to_v))
         query, key = attn.norm_q(query), attn.norm_k(key)
         if image_rotary_emb is not None:
             query = apply_rotary_emb(query, image_rotary_emb, sequence_dim=1)
             key = apply_rotary_emb(key, image_rotary_emb, sequence_dim=1)
-        enc_q, enc_k = heads(attn.add_q_proj(encoder_hidden_states)), heads(attn.add_k_proj(encoder_hidden_states))
-        enc_v = heads(attn.add_v_proj(encoder_hidden_states))
+        enc_q, enc_k, enc_v = (heads(proj(encoder_hidden_states))
+                               for proj in (attn.add_q_proj, attn.add_k_proj, attn.add_v_proj))
         if attn.norm_added_q is not None:
             enc_q = attn.norm_added_q(enc_q)
         if attn.norm_added_k is not None:

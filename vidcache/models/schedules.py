@@ -5,8 +5,9 @@ settings were tuned on DDPM-like schedules: with Wan's flow shift the same windo
 different steps. The presets therefore choose their windows against these schedules, for the
 model's default step count, and ``docs/caches.md`` lists the steps each window covers. The scheduler
 configurations are those of the models' diffusers repositories (Wan: UniPC with flow prediction;
-HunyuanVideo: flow-match Euler, shift 7; HunyuanVideo 1.5: the same, shift 5; CogVideoX: DDIM, trailing spacing), with the flow shift of
-the preset's ``[defaults]`` where it sets one.
+HunyuanVideo and HunyuanVideo-I2V: flow-match Euler, shift 7; HunyuanVideo 1.5 480p: the same, shift 5,
+its README's value; CogVideoX: DDIM, trailing spacing), with the flow shift of the preset's
+``[defaults]`` where it sets one.
 """
 
 from __future__ import annotations
