@@ -34,9 +34,10 @@ def models(
         table.add_column(col)
     for r in rows:
         d = r["defaults"]
+        size = "size from the image" if r["size_from_image"] else f"{d['height']}x{d['width']}"
         table.add_row(
             r["name"], MODES[r["mode"]], f"{r['family']} ({r['cfg']} CFG)", r["source"],
-            f"{d['frames']}f {d['height']}x{d['width']}, {d['steps']} steps, cfg {d['guidance']}, {d['fps']} fps",
+            f"{d['frames']}f {size}, {d['steps']} steps, cfg {d['guidance']}, {d['fps']} fps",
             f"{r['constraints']['frames']}; sizes multiple of {r['constraints']['size_multiple']}; "
             f"splits: {r['splits']}",
         )

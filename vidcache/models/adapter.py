@@ -77,6 +77,7 @@ class FamilyAdapter:
     frame_step: ClassVar[int] = 4  # frames must be frame_step * k + 1
     max_frames: ClassVar[int | None] = None
     size_multiple: ClassVar[int] = 16
+    image_size_modes: ClassVar[tuple[str, ...]] = ()  # modes whose pipeline takes its size from the image
     uses_flow_shift: ClassVar[bool] = True
     accepts_negative_prompt: ClassVar[bool] = True
 
@@ -156,8 +157,8 @@ class FamilyAdapter:
     def size_from_image(self, mode: str, image_size: tuple[int, int],
                         transformer_config: dict[str, Any] | None) -> tuple[int, int] | None:
         """(height, width) this family makes from an image of ``image_size`` (width, height) in
-        ``mode``, when the pipeline takes no size of its own (HunyuanVideo 1.5 image-to-video); None:
-        the video has the job's height x width and the image is fitted to it."""
+        ``mode``, one of ``image_size_modes``, whose pipeline takes no size of its own (HunyuanVideo
+        1.5 image-to-video); None: the video has the job's height x width, the image fitted to it."""
         return None
 
     def pipeline_kwargs(self, kwargs: dict[str, Any], mode: str, pipe: Any = None) -> dict[str, Any]:

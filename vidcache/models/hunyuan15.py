@@ -55,6 +55,7 @@ class HunyuanVideo15Adapter(FamilyAdapter):
     fbcache_threshold = 0.06  # HunyuanVideo's (METHODS.md); not measured on 1.5
     frame_rule = "HunyuanVideo 1.5 takes 4k+1 frames (5, 9, ..., 121)"
     needs_attention_mask = True  # padded text tokens are masked
+    image_size_modes = ("i2v",)  # the image-to-video pipeline takes no height / width
 
     def register_blocks(self) -> None:
         from diffusers.hooks._helpers import TransformerBlockMetadata, TransformerBlockRegistry
@@ -71,7 +72,7 @@ class HunyuanVideo15Adapter(FamilyAdapter):
     # -- inputs ---------------------------------------------------------------------------------
     def size_from_image(self, mode: str, image_size: tuple[int, int],
                         transformer_config: dict[str, Any] | None) -> tuple[int, int] | None:
-        if mode != "i2v":
+        if mode not in self.image_size_modes:
             return None
         from diffusers.pipelines.hunyuan_video1_5.image_processor import HunyuanVideo15ImageProcessor
 

@@ -28,7 +28,7 @@ def model_rows() -> list[dict[str, Any]]:
         rows.append({
             "name": n.name, "family": fam.name, "source": n.source, "description": n.description,
             "aliases": list(n.aliases), "mode": n.mode, "defaults": d, "cfg": fam.cfg_layout,
-            "two_experts": n.two_experts, "splits": splits(fam),
+            "two_experts": n.two_experts, "splits": splits(fam), "size_from_image": n.mode in fam.image_size_modes,
             "constraints": {"frames": fam.frame_rule, "size_multiple": n.size_multiple or fam.size_multiple},
         })
     return rows
@@ -42,6 +42,7 @@ def markdown() -> str:
         weights = "embedded in vidcache" if r["source"] == "embedded" else f"`{r['source']}`"
         names = f"`{r['name']}`" + "".join(f", `{a}`" for a in r["aliases"])
         cfg = r["cfg"] + (", two experts" if r["two_experts"] else "")
-        lines.append(f"| {names} | {weights} | {MODES[r['mode']]} | {d['frames']} frames, {d['height']}x{d['width']}, "
+        size = "size from the image" if r["size_from_image"] else f"{d['height']}x{d['width']}"
+        lines.append(f"| {names} | {weights} | {MODES[r['mode']]} | {d['frames']} frames, {size}, "
                      f"{d['steps']} steps, {d['fps']} fps | {cfg} | {r['splits']} |")
     return "\n".join(lines) + "\n"
