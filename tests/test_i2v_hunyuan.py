@@ -98,7 +98,7 @@ def render(pipe, image_kind: str | None = "A", seed: int = 0, prompt: str = "a r
            output_type: str = "np", guidance: float = GUIDANCE):
     """One tiny video, called as the runner calls a pipeline (through the adapter)."""
     adapter = adapter_of(pipe.transformer)
-    mode = adapter.mode_of(type(pipe).__name__)
+    mode = adapter.pipelines[type(pipe).__name__]
     steps: list[int] = []
     kw = {"prompt": prompt, "height": 64, "width": 64, "num_frames": 9, "num_inference_steps": STEPS,
           "guidance_scale": guidance, "generator": torch.Generator().manual_seed(seed), "output_type": output_type,

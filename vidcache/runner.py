@@ -122,6 +122,7 @@ def plan_run(cfg: RunConfig, prompts: list[jobs_mod.Prompt]) -> Plan:
     _fit_text_len(model, preset)
     all_jobs = jobs_mod.build_jobs(prompts, preset.defaults, cfg.flags, cfg.seed, cfg.image, cfg.fit)
     model = model.for_jobs(all_jobs)
+    all_jobs = model.sized_from_images(all_jobs, prompts, cfg.flags)
     jobs_mod.validate(all_jobs, model.family, model.size_multiple, model.max_frames)
     _check_size(model, all_jobs)
     todo = jobs_mod.shard(all_jobs, cfg.shard)
@@ -274,7 +275,7 @@ class Runner:
             kw["image"] = load_fitted(job.image, job.width, job.height, job.fit)
         if not self.is_main:  # only rank 0 writes the video: the others skip the VAE decode
             kw["output_type"] = "latent"
-        return fam.pipeline_kwargs(kw, self.plan.model.mode)
+        return fam.pipeline_kwargs(kw, self.plan.model.mode, self.pipe)
 
     def _on_step(self, pipe, step, timestep, callback_kwargs):
         self.timer.on_step_end(pipe, step, timestep, callback_kwargs)

@@ -22,7 +22,7 @@ class HunyuanVideoAdapter(FamilyAdapter):
     name = "hunyuan"
     pipelines = {"HunyuanVideoPipeline": "t2v", "HunyuanVideoImageToVideoPipeline": "i2v"}
     transformer_classes = ("HunyuanVideoTransformer3DModel",)
-    folder_presets = {"t2v": "hunyuan"}
+    folder_presets = {"t2v": "hunyuan", "i2v": "hunyuan-i2v"}
     cfg_layout = "distilled"
     block_lists = ("transformer_blocks", "single_transformer_blocks")
     attention_attrs = {"attn": "spatial"}  # joint attention over video + text in both block kinds

@@ -45,6 +45,7 @@ class HunyuanVideo15Adapter(FamilyAdapter):
     name = "hunyuan15"
     pipelines = {"HunyuanVideo15Pipeline": "t2v", "HunyuanVideo15ImageToVideoPipeline": "i2v"}
     transformer_classes = ("HunyuanVideo15Transformer3DModel",)
+    folder_presets = {"t2v": "hunyuan15", "i2v": "hunyuan15-i2v"}
     cfg_layout = "separate"
     cfg_contexts = ("pred_cond", "pred_uncond")
     block_lists = ("transformer_blocks",)

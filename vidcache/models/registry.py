@@ -86,6 +86,32 @@ class ResolvedModel:
         raise UsageError(f"{self.name} is an image-to-video model: give --image PATH, or an 'image' per line "
                          f"of a .jsonl prompt file ({without[0].name} has none)")
 
+    def sized_from_images(self, jobs: list[Any], prompts: list[Any], flags: dict[str, Any]) -> list[Any]:
+        """The jobs with the size their image gives, for a pipeline that takes no size
+        (``FamilyAdapter.size_from_image``: HunyuanVideo 1.5 image-to-video makes the bucket nearest
+        the image's aspect ratio), so that the report, the memory estimate and the split check see the
+        video's real size; a height or width asked for (a flag, a .jsonl line) is refused, not ignored.
+        Other models' jobs come back as they are."""
+        from PIL import Image
+
+        out = []
+        for job in jobs:
+            size = None
+            if job.image:
+                with Image.open(job.image) as img:
+                    size = self.family.size_from_image(self.mode, img.size, self.transformer_config())
+            if size is None:
+                out.append(job)
+                continue
+            line = prompts[job.index]
+            asked = ("--height / --width" if any(flags.get(k) is not None for k in ("height", "width")) else
+                     f"{line.where}: 'height' / 'width'" if {"height", "width"} & set(line.overrides) else None)
+            if asked:
+                raise UsageError(f"{asked}: {self.name} takes its size from the image ({job.name}: "
+                                 f"{size[0]}x{size[1]}, the bucket nearest its aspect ratio); drop them")
+            out.append(replace(job, height=size[0], width=size[1]))
+        return out
+
     def required_size(self) -> tuple[tuple[int, int] | None, str]:
         """The (height, width) the checkpoint's own config fixes, and why (None: free)."""
         from .geometry import model_geometry
