@@ -377,6 +377,78 @@ def test_first_frame_tokens_per_rank():
     assert [local(i, 12, 6) for i in range(3)] == [6, 6, 0]
 
 
+# ------------------------------------------------------------------------------------------ command line
+
+
+def gen(*args):
+    from typer.testing import CliRunner
+
+    from vidcache.cli import app
+
+    return CliRunner().invoke(app, ["gen", *map(str, args)])
+
+
+CLI_SMALL = ["--frames", "9", "--steps", "3", "--set", "defaults.text_len=16"]
+
+
+@pytest.mark.parametrize(("name", "size", "cache"), [("hunyuan15", None, "teacache"),
+                                                     ("hunyuan15-i2v", (48, 80), "fastercache"),
+                                                     ("hunyuan-i2v", (64, 64), "pab")])
+def test_gen_end_to_end(hunyuan_dirs, tmp_path, name, size, cache):
+    """`vidcache gen` as users run it: the report has every step's time (HunyuanVideo 1.5's pipelines
+    take no step callback), the image and, for HunyuanVideo 1.5 image-to-video, the size its 80x48
+    image gives (no --height / --width); TeaCache says its coefficients are borrowed."""
+    import hashlib
+
+    args = ["--model", hunyuan_dirs[name], "-p", "a red ball", *CLI_SMALL, "--cache", cache, "-o", tmp_path, "--json"]
+    if size is None:
+        args += ["--height", "64", "--width", "64"]
+    else:
+        picture = tmp_path / "picture.png"
+        image("A").resize((80, 48) if name == "hunyuan15-i2v" else (96, 64)).save(picture)
+        args += ["--image", picture] + (["--height", "64", "--width", "64"] if name == "hunyuan-i2v" else [])
+    r = gen(*args)
+    assert r.exit_code == 0, r.output
+    (report,) = [json.loads(p.read_text()) for p in tmp_path.glob("0000-*.json")]
+    assert report["status"] == "done" and (report["mp4"] and (tmp_path / report["mp4"]).is_file())
+    assert report["model"]["mode"] == ("t2v" if size is None else "i2v")
+    assert (report["height"], report["width"]) == (size or (64, 64))
+    assert len(report["timing"]["step_s"]) == 3 and all(t > 0 for t in report["timing"]["step_s"])
+    assert report["cache"]["stats"]["forwards"] == 3 * (1 if name == "hunyuan-i2v" else 2)
+    if size is not None:
+        assert report["image"]["sha256"] == hashlib.sha256(picture.read_bytes()).hexdigest()
+    if cache == "teacache":
+        assert "no official coefficients for this hunyuan15 transformer" in " ".join(r.output.split())
+
+
+@pytest.mark.parametrize(("case", "message"), [
+    ("t2v-with-image", "hunyuan15 is a text-to-video model"),
+    ("i2v-without-image", "is an image-to-video model: give --image"),
+    ("i2v-with-size", "--height / --width: hunyuan15-i2v takes its size from the image"),
+    ("i2v-line-size", "prompts.jsonl:1: 'height' / 'width': hunyuan15-i2v takes its size from the image"),
+])
+def test_bad_input_is_refused_before_loading(hunyuan_dirs, tmp_path, monkeypatch, case, message):
+    def no_load(*a, **k):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr("vidcache.runner.load_pipeline", no_load)
+    picture = tmp_path / "picture.png"
+    image("A").save(picture)
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text(json.dumps({"prompt": "a red ball", "image": "picture.png", "height": 64}) + "\n")
+    args = {
+        "t2v-with-image": ["--model", "hunyuan15", "-p", "x", "--image", picture],
+        "i2v-without-image": ["--model", hunyuan_dirs["hunyuan15-i2v"], "-p", "x"],
+        "i2v-with-size": ["--model", "hunyuan15-i2v", "-p", "x", "--image", picture, "--height", "480"],
+        "i2v-line-size": ["--model", hunyuan_dirs["hunyuan15-i2v"], prompts],
+    }[case]
+    r = gen(*args, "-o", tmp_path / "out")
+    assert r.exit_code == 2, r.output
+    lines = [ln for ln in r.output.splitlines() if ln.strip()]
+    assert len(lines) == 1 and message in " ".join(r.output.split()), r.output
+    assert not (tmp_path / "out").exists()
+
+
 # ------------------------------------------------------------------------------------------ 2 ranks
 # One torchrun launch (2 gloo processes, CPU, Ulysses) renders every case; the 1-rank references
 # render here, through the same helpers. Ring attention needs a GPU backend (log-sum-exp).
