@@ -221,17 +221,37 @@ def build_tiny_cogvideox(path: str | Path | None = None, *, seed: int = 0, num_l
     return pipe
 
 
+def _hunyuan_clip_encoder(tok):
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    return CLIPTextModel(CLIPTextConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                        num_attention_heads=4, projection_dim=32, max_position_embeddings=77,
+                                        bos_token_id=0, eos_token_id=1, pad_token_id=1))
+
+
+def _hunyuan_transformer(num_layers: int, num_single_layers: int, **kwargs):
+    from diffusers import HunyuanVideoTransformer3DModel
+
+    return HunyuanVideoTransformer3DModel(
+        in_channels=4, out_channels=4, num_attention_heads=2, attention_head_dim=16, num_layers=num_layers,
+        num_single_layers=num_single_layers, num_refiner_layers=1, patch_size=2, patch_size_t=1, text_embed_dim=32,
+        pooled_projection_dim=32, rope_axes_dim=(4, 6, 6), **kwargs)
+
+
+def _hunyuan_vae():
+    from diffusers import AutoencoderKLHunyuanVideo
+
+    return AutoencoderKLHunyuanVideo(latent_channels=4, block_out_channels=(8, 8, 8, 8), layers_per_block=1,
+                                     norm_num_groups=2, spatial_compression_ratio=8, temporal_compression_ratio=4,
+                                     mid_block_add_attention=True)
+
+
 def build_tiny_hunyuan(
     path: str | Path | None = None, *, seed: int = 0, num_layers: int = 1, num_single_layers: int = 1
 ):
     """A HunyuanVideo pipeline (guidance-distilled: one forward per step)."""
-    from diffusers import (
-        AutoencoderKLHunyuanVideo,
-        FlowMatchEulerDiscreteScheduler,
-        HunyuanVideoPipeline,
-        HunyuanVideoTransformer3DModel,
-    )
-    from transformers import CLIPTextConfig, CLIPTextModel, LlamaConfig, LlamaModel
+    from diffusers import FlowMatchEulerDiscreteScheduler, HunyuanVideoPipeline
+    from transformers import LlamaConfig, LlamaModel
 
     torch.manual_seed(seed)
     tok, tok2 = _llama_tokenizer(), _clip_tokenizer()
@@ -246,43 +266,9 @@ def build_tiny_hunyuan(
             pad_token_id=3,
         )
     )
-    te2 = CLIPTextModel(
-        CLIPTextConfig(
-            vocab_size=len(tok2),
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            projection_dim=32,
-            max_position_embeddings=77,
-            bos_token_id=0,
-            eos_token_id=1,
-            pad_token_id=1,
-        )
-    )
-    tr = HunyuanVideoTransformer3DModel(
-        in_channels=4,
-        out_channels=4,
-        num_attention_heads=2,
-        attention_head_dim=16,
-        num_layers=num_layers,
-        num_single_layers=num_single_layers,
-        num_refiner_layers=1,
-        patch_size=2,
-        patch_size_t=1,
-        text_embed_dim=32,
-        pooled_projection_dim=32,
-        rope_axes_dim=(4, 6, 6),
-    )
-    vae = AutoencoderKLHunyuanVideo(
-        latent_channels=4,
-        block_out_channels=(8, 8, 8, 8),
-        layers_per_block=1,
-        norm_num_groups=2,
-        spatial_compression_ratio=8,
-        temporal_compression_ratio=4,
-        mid_block_add_attention=True,
-    )
+    te2 = _hunyuan_clip_encoder(tok2)
+    tr = _hunyuan_transformer(num_layers, num_single_layers)
+    vae = _hunyuan_vae()
     _eval(te, te2, tr, vae)
     pipe = HunyuanVideoPipeline(
         tokenizer=tok,
@@ -398,16 +384,9 @@ def build_tiny_hunyuan_i2v(path: str | Path | None = None, *, seed: int = 0, num
     image features (a 48x48 CLIP vision tower with 2x2 patches), which the pipeline's hard-coded
     template positions expect. transformers 5's ``LlavaConfig`` has no ``pad_token_id``, which the
     pipeline reads: it is set on the config (and saved with it)."""
-    from diffusers import (
-        AutoencoderKLHunyuanVideo,
-        FlowMatchEulerDiscreteScheduler,
-        HunyuanVideoImageToVideoPipeline,
-        HunyuanVideoTransformer3DModel,
-    )
+    from diffusers import FlowMatchEulerDiscreteScheduler, HunyuanVideoImageToVideoPipeline
     from transformers import (
         CLIPImageProcessor,
-        CLIPTextConfig,
-        CLIPTextModel,
         CLIPVisionConfig,
         LlamaConfig,
         LlavaConfig,
@@ -426,19 +405,9 @@ def build_tiny_hunyuan_i2v(path: str | Path | None = None, *, seed: int = 0, num
     )
     config.pad_token_id = tok.pad_token_id
     te = LlavaForConditionalGeneration(config)
-    te2 = CLIPTextModel(CLIPTextConfig(vocab_size=len(tok2), hidden_size=32, intermediate_size=64,
-                                       num_hidden_layers=2, num_attention_heads=4, projection_dim=32,
-                                       max_position_embeddings=77, bos_token_id=0, eos_token_id=1,
-                                       pad_token_id=1))
-    tr = HunyuanVideoTransformer3DModel(
-        in_channels=4, out_channels=4, num_attention_heads=2, attention_head_dim=16, num_layers=num_layers,
-        num_single_layers=num_single_layers, num_refiner_layers=1, patch_size=2, patch_size_t=1,
-        text_embed_dim=32, pooled_projection_dim=32, rope_axes_dim=(4, 6, 6), guidance_embeds=True,
-        image_condition_type="token_replace",
-    )
-    vae = AutoencoderKLHunyuanVideo(latent_channels=4, block_out_channels=(8, 8, 8, 8), layers_per_block=1,
-                                    norm_num_groups=2, spatial_compression_ratio=8, temporal_compression_ratio=4,
-                                    mid_block_add_attention=True)
+    te2 = _hunyuan_clip_encoder(tok2)
+    tr = _hunyuan_transformer(num_layers, num_single_layers, guidance_embeds=True, image_condition_type="token_replace")
+    vae = _hunyuan_vae()
     processor = CLIPImageProcessor(size={"shortest_edge": 48}, crop_size={"height": 48, "width": 48})
     _eval(te, te2, tr, vae)
     pipe = HunyuanVideoImageToVideoPipeline(

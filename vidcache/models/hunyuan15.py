@@ -117,9 +117,9 @@ class HunyuanVideo15Adapter(FamilyAdapter):
 
     # -- context parallelism --------------------------------------------------------------------
     def cp_plan(self) -> dict[str, Any]:
-        from .hunyuan15_cp import hunyuan_video15_cp_plan
+        from .hunyuan_cp import hunyuan_video_cp_plan  # x_embedder, rope, proj_out: HunyuanVideo's names
 
-        return hunyuan_video15_cp_plan()
+        return hunyuan_video_cp_plan()
 
     def prepare_cp(self, transformer: Any) -> None:
         from .hunyuan15_cp import HunyuanVideo15AttnProcessorCP

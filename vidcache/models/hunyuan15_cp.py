@@ -1,6 +1,7 @@
-"""HunyuanVideo 1.5 under context parallelism: a plan that splits the video tokens (the joint text
-stream, 1000 + 256 + 729 tokens, stays whole on every rank) and an attention processor that attends
-through diffusers' dispatcher with a key mask that counts each text key once.
+"""HunyuanVideo 1.5 under context parallelism: HunyuanVideo's plan (``hunyuan_cp.hunyuan_video_cp_plan``:
+the same module names split the video tokens; the joint text stream, 1000 + 256 + 729 tokens, stays
+whole on every rank) and an attention processor that attends through diffusers' dispatcher with a
+key mask that counts each text key once.
 
 Why a processor and not a mask hook as for HunyuanVideo (``hunyuan_cp``): HunyuanVideo 1.5's own
 processor receives the text mask alone and builds a square [local sequence x local sequence] mask
@@ -14,26 +15,10 @@ no one, so the video tokens, the only ones the output is read from, come out the
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 import torch.nn.functional as F
 
 from .hunyuan_cp import joint_text_mask
-
-
-def hunyuan_video15_cp_plan() -> dict[str, Any]:
-    """Split the video tokens where they are made, gather them at ``proj_out``; text stays whole."""
-    from diffusers.models._modeling_parallel import ContextParallelInput, ContextParallelOutput
-
-    return {
-        "x_embedder": {0: ContextParallelInput(split_dim=1, expected_dims=3, split_output=True)},
-        "rope": {
-            0: ContextParallelInput(split_dim=0, expected_dims=2, split_output=True),
-            1: ContextParallelInput(split_dim=0, expected_dims=2, split_output=True),
-        },
-        "proj_out": ContextParallelOutput(gather_dim=1, expected_dims=3),
-    }
 
 
 class HunyuanVideo15AttnProcessorCP:
