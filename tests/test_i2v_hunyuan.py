@@ -247,6 +247,24 @@ def test_hunyuan15_guidance_goes_to_its_guider(pipes):
         assert {e["branch"] for e in stats["per_step"]} == ({"cond"} if forwards == STEPS else {"cond", "uncond"})
 
 
+@pytest.mark.parametrize("name", ["hunyuan-i2v", "hunyuan15-i2v"])
+def test_teacache_presets_borrow_hunyuanvideos_coefficients_and_say_so(pipes, name):
+    """No official TeaCache set exists for HunyuanVideo-I2V or HunyuanVideo 1.5: their presets leave
+    the coefficients to the adapter, which picks HunyuanVideo's and warns; HunyuanVideo's own
+    transformer keeps its official set silently."""
+    pipe = pipes[name]
+    params = caches.apply_cache(pipe, "teacache", preset=name)
+    try:
+        render(pipe)
+        warnings = caches.cache_stats(pipe)["warnings"]
+    finally:
+        caches.remove_cache(pipe)
+    assert params["coefficients"] == "hunyuanvideo"
+    assert any("no official coefficients" in w and "using 'hunyuanvideo'" in w for w in warnings), warnings
+    t2v = {"image_condition_type": None}
+    assert resolve("hunyuan").family.teacache_coefficients(type("C", (), t2v), False) == ("hunyuanvideo", None)
+
+
 # ------------------------------------------------------------------------------------------ every cache
 
 
