@@ -355,7 +355,7 @@ def test_gen_compile_flag_end_to_end(tiny_dirs, tmp_path, monkeypatch):
                                  "--json"])
     assert r.exit_code == 0, r.output
     assert compiled and compiled[-1] == ["blocks.0", "blocks.1"]  # TeaCache hooks blocks: whole blocks
-    reports = [json.loads(p.read_text()) for p in sorted(out.glob("0*.json"))]
+    reports = [json.loads(p.read_text()) for p in sorted(out.glob("a-*.json"))]
     assert len(reports) == 2
     for rep in reports:
         assert rep["cache"]["estimate_bytes"] == rep["cache"]["stats"]["memory_bytes"] or (

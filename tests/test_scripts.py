@@ -32,8 +32,8 @@ def prompt_dir(tmp_path) -> Path:
 def test_render_folder_renders_every_file(prompt_dir, tmp_path):
     r = run_script("render_folder.sh", prompt_dir, tmp_path / "out", *SMALL, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
-    assert sorted(p.name for p in (tmp_path / "out" / "animals").glob("*.mp4")) == [
-        "0000-a-red-ball-0.mp4", "0001-a-blue-box-0.mp4"]
+    assert sorted(p.name[:-len("-01234567.mp4")] for p in (tmp_path / "out" / "animals").glob("*.mp4")) == [
+        "a-blue-box-0", "a-red-ball-0"]
     assert [p.name for p in (tmp_path / "out" / "shapes").glob("*.mp4")] == ["circle.mp4"]
 
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import torch
 
+from . import hub
 from .errors import UsageError
 from .models import FamilyAdapter, ResolvedModel
 from .quantize import check_quantize, import_torchao_quietly, quantize_pipeline
@@ -174,7 +175,7 @@ def load_pipeline(model: ResolvedModel, opts: LoadOptions):
         try:
             pipe = cls.from_pretrained(model.source, local_files_only=True, **kwargs)
         except (OSError, ValueError):
-            if not local_first:
+            if not local_first or not hub.reachable():  # offline: fail now, not after the hub's retries
                 raise
             pipe = cls.from_pretrained(model.source, **kwargs)
     except (OSError, ValueError) as err:

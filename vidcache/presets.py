@@ -59,11 +59,31 @@ def available() -> list[str]:
     return sorted(p.stem for p in PRESET_DIR.glob("*.toml"))
 
 
+def path_of(name: str) -> Path:
+    """The shipped preset file of ``name``."""
+    path = PRESET_DIR / f"{name}.toml"
+    if not path.is_file():
+        raise UsageError(f"no preset named '{name}' (available: {', '.join(available())})")
+    return path
+
+
+def source_text(name: str) -> str:
+    """A shipped preset exactly as written: what ``vidcache presets NAME`` prints, and what
+    ``--preset`` reads back to the same preset."""
+    return path_of(name).read_text(encoding="utf-8")
+
+
 def _read_toml(path: Path) -> dict:
     try:
-        return tomllib.loads(path.read_text())
+        return tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise UsageError(f"preset file {path} not found") from None
+    except IsADirectoryError:
+        raise UsageError(f"preset file {path} is a folder, not a TOML file") from None
+    except UnicodeDecodeError as err:
+        raise UsageError(f"preset file {path}: not UTF-8 text (byte {err.start})") from None
+    except OSError as err:
+        raise UsageError(f"preset file {path}: cannot read ({err.strerror or err})") from None
     except tomllib.TOMLDecodeError as err:
         raise UsageError(f"preset file {path}: invalid TOML ({err})") from None
 
@@ -108,9 +128,7 @@ def parse_preset(data: dict, name: str, where: str) -> Preset:
 
 def load(name: str) -> Preset:
     """A shipped preset by model name (``wan``, ``tiny``, ...)."""
-    path = PRESET_DIR / f"{name}.toml"
-    if not path.is_file():
-        raise UsageError(f"no preset named '{name}' (available: {', '.join(available())})")
+    path = path_of(name)
     return parse_preset(_read_toml(path), name, str(path))
 
 

@@ -54,6 +54,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import itertools
+import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -135,10 +136,10 @@ def check_window(name: str, value: Any) -> tuple[float, float]:
     if (
         not isinstance(value, (list, tuple))
         or len(value) != 2
-        or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+        or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value)
         or value[0] >= value[1]
     ):
-        raise ValueError(f"'{name}' must be two timesteps [lo, hi] with lo < hi, got {value!r}")
+        raise ValueError(f"'{name}' must be two finite timesteps [lo, hi] with lo < hi, got {value!r}")
     return float(value[0]), float(value[1])
 
 
@@ -151,6 +152,8 @@ def check_int(name: str, value: Any, minimum: int) -> int:
 def check_float(name: str, value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ValueError(f"'{name}' must be a number, got {value!r}")
+    if not math.isfinite(value):  # NaN compares false to every bound: it would pass them all
+        raise ValueError(f"'{name}' must be a finite number, got {value!r}")
     return float(value)
 
 

@@ -11,7 +11,12 @@ from .app import app
 
 
 def main() -> None:
-    app()
+    from .. import interrupts
+
+    try:
+        app()
+    finally:  # the command has said its last word: a signal now ends the process without a traceback
+        interrupts.uninstall()
 
 
 __all__ = ["app", "main"]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -50,7 +49,7 @@ def bench(
     height: HeightOpt = None,
     width: WidthOpt = None,
     steps: StepsOpt = None,
-    seed: SeedOpt = 0,
+    seed: SeedOpt = None,
     device: DeviceOpt = Device.auto,
     dtype: DTypeOpt = DType.auto,
     attention: AttentionOpt = Attention.auto,
@@ -89,7 +88,9 @@ def bench(
                    "lpips_available": any(r["lpips"] is not None for r in rows[1:])}
         paths = bench_mod.write_outputs(rows, context, out)
     if json_out:
-        sys.stdout.write(json.dumps(rows, indent=2) + "\n")
+        from ..video import dumps
+
+        sys.stdout.write(dumps(rows))
         return
     table = Table(title=f"vidcache bench: {plan.model.name} ({len(plan.jobs)} prompts x {repeat})")
     cols, heads = bench_mod.columns(rows)

@@ -6,7 +6,6 @@ real annotation objects of ``_gen_template``'s parameters.
 
 import functools
 import inspect
-import json
 import os
 import sys
 from dataclasses import dataclass
@@ -69,7 +68,7 @@ def _gen_template(
     negative_prompt: NegativeOpt = None,
     flow_shift: FlowShiftOpt = None,
     fps: FpsOpt = None,
-    seed: SeedOpt = 0,
+    seed: SeedOpt = None,
     device: DeviceOpt = Device.auto,
     dtype: DTypeOpt = DType.auto,
     attention: AttentionOpt = Attention.auto,
@@ -185,30 +184,53 @@ class RichEvents:
 
 
 def print_summary(summary: dict[str, Any], title: str, json_out: bool) -> None:
-    """The run summary: JSON on stdout, or the table and one line per failed video."""
+    """The run summary: JSON on stdout, or the table, where the files are, and one line per video
+    that failed or was left to another process."""
     from ..report import summary_table
+    from ..video import dumps
 
     if json_out:
-        sys.stdout.write(json.dumps(summary, indent=2) + "\n")
+        sys.stdout.write(dumps(summary))
         return
+    out = summary["out"]
     out_console.print(summary_table(summary["videos"], title))
+    where = f"videos and reports (NAME.mp4, NAME.json) in {out}"
+    if summary.get("summary_file"):
+        where += f"; this run's summary: {os.path.join(out, summary['summary_file'])} (also {out}/run.json)"
+    out_console.print(escape(where), highlight=False, soft_wrap=True)
     for row in summary["videos"]:
         if row["status"] == "failed":
-            err_console.print(f"[red]failed[/red] {escape(row['name'])}: {escape(row['error'])}", highlight=False)
+            err_console.print(f"[red]failed[/red] {escape(row['name'])}: {escape(row['error'])}", highlight=False,
+                              soft_wrap=True)
+        elif row["status"] == "claimed":
+            err_console.print(f"[yellow]claimed[/yellow] {escape(row['name'])}: being rendered by "
+                              f"{escape(row['owner'])}; a later run reports its outcome", highlight=False,
+                              soft_wrap=True)
 
 
 @app.command()
 @gen_options
 def gen(*, args: GenArgs) -> None:
     """Generate one MP4 and one timing report per prompt."""
+    from .. import interrupts
+
+    interrupts.install()  # SIGTERM like Ctrl-C, from here on: one line, 128 + the signal
+    try:
+        _gen(args)
+    finally:
+        interrupts.restore()
+
+
+def _gen(args: GenArgs) -> None:
     import contextlib
 
-    from ..parallel import is_main
-    from ..runner import Runner, plan_run
+    from .. import interrupts
 
-    main = is_main()  # under torchrun only rank 0 prints
     debug = args.debug
+    main = os.environ.get("RANK", "0") == "0"  # under torchrun only rank 0 prints (parallel.is_main)
     try:
+        with interrupts.deferred():  # a signal during the imports takes effect after them, cleanly
+            from ..runner import Runner, plan_run
         plan = plan_run(args.run_config(), args.prompts())
         with progress() if main else contextlib.nullcontext() as bars:
             runner = Runner(plan, RichEvents(bars) if main else None)
@@ -224,10 +246,12 @@ def gen(*, args: GenArgs) -> None:
         os._exit(err.exit_code)
     except VidcacheError as err:
         fail(err, debug, err.exit_code, show=main)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as err:
+        by = f" by {err.name}" if isinstance(err, interrupts.Interrupted) else ""
         if main:
-            err_console.print("[red]interrupted[/red]: finished videos are kept; run again to resume")
-        raise typer.Exit(130) from None
+            err_console.print(f"[red]interrupted{by}[/red]: finished videos are kept; run again to resume",
+                              highlight=False, soft_wrap=True)
+        raise typer.Exit(getattr(err, "exit_code", 130)) from None
     except Exception as err:  # noqa: BLE001 - a traceback only with --debug
         fail(one_line(err), debug, 1, show=main)
     if main:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from typing import Annotated
 
@@ -21,10 +20,11 @@ def models(
 
     from ..models.table import MODES, model_rows
     from ..models.table import markdown as table_markdown
+    from ..video import dumps
 
     rows = model_rows()
     if json_out:
-        sys.stdout.write(json.dumps(rows, indent=2) + "\n")
+        sys.stdout.write(dumps(rows))
         return
     if markdown:
         sys.stdout.write(table_markdown())
@@ -49,17 +49,23 @@ def presets_cmd(
     model: Annotated[str | None, typer.Argument(help="A model name; all models when left out.")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False,
 ) -> None:
-    """The shipped presets: each model's defaults and cache method tables."""
+    """The shipped presets: each model's defaults and cache method tables.
+
+    With a model name, the preset file exactly as shipped: ``vidcache presets wan > my.toml`` gives a
+    file that ``--preset my.toml`` reads back to the same preset, ready to edit."""
     from .. import presets
     from ..caches import check_preset
+    from ..video import dumps
 
     with guarded(False):
         names = [model] if model else presets.available()
         loaded = {n: check_preset(presets.load(n)) for n in names}
-    data = {n: {"defaults": p.defaults, **p.methods} for n, p in loaded.items()}
+        texts = {n: presets.source_text(n) for n in names}
     if json_out:
-        sys.stdout.write(json.dumps(data, indent=2) + "\n")
+        sys.stdout.write(dumps({n: {"defaults": p.defaults, **p.methods} for n, p in loaded.items()}))
         return
-    for n in loaded:
-        out_console.rule(f"[bold]{n}")
-        out_console.print((presets.PRESET_DIR / f"{n}.toml").read_text(), highlight=False, markup=False)
+    if model:
+        sys.stdout.write(texts[model])
+        return
+    for n, text in texts.items():  # each file after a TOML comment naming it
+        sys.stdout.write(f"# ---- vidcache presets {n} ({presets.path_of(n)}) ----\n{text}\n")

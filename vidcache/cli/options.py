@@ -59,7 +59,8 @@ GuidanceOpt = Annotated[float | None, typer.Option(help="Guidance scale.")]
 NegativeOpt = Annotated[str | None, typer.Option(help="Negative prompt (models with CFG).")]
 FlowShiftOpt = Annotated[float | None, typer.Option(help="Scheduler flow shift (Wan, HunyuanVideo).")]
 FpsOpt = Annotated[int | None, typer.Option(help="Frames per second of the MP4.")]
-SeedOpt = Annotated[int, typer.Option(help="Seed for every job without its own.")]
+SeedOpt = Annotated[int | None, typer.Option(
+    help="Seed of every job, over a line's own seed like every flag; without it a line's seed, else 0.")]
 DeviceOpt = Annotated[Device, typer.Option(help="Where to run.")]
 DTypeOpt = Annotated[DType, typer.Option(help="Weights and compute precision (auto: bf16 on CUDA, fp32 on CPU).")]
 AttentionOpt = Annotated[Attention, typer.Option(

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from .. import hub
 from ..errors import UsageError
 from . import cogvideox, hunyuan, hunyuan15, wan
 from .adapter import FamilyAdapter
@@ -187,7 +187,7 @@ def _cached_hub_index(repo_id: str) -> dict | None:
     except ImportError:  # pragma: no cover - a dependency of diffusers
         return None
     for local_only in (True, False):
-        if not local_only and os.environ.get("HF_HUB_OFFLINE") == "1":
+        if not local_only and not hub.reachable():  # offline: fail now, not after the hub's retries
             break
         try:
             path = hf_hub_download(repo_id, "model_index.json", local_files_only=local_only)
