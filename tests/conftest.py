@@ -54,6 +54,16 @@ def hunyuan_dirs(tmp_path_factory) -> dict[str, str]:
     return dirs
 
 
+@pytest.fixture
+def no_loading(monkeypatch):
+    """Weights must not load in this test: every input is checked before (returns the monkeypatch)."""
+    def refuse(*args, **kwargs):
+        raise AssertionError("weights were loaded before every input was checked")
+
+    monkeypatch.setattr("vidcache.runner.load_pipeline", refuse)
+    return monkeypatch
+
+
 def load_pipe(folder: str, cls=None):
     """Load a saved tiny pipeline the way vidcache does, every component in eval mode (``cls``: a
     pipeline class other than the folder's own, as for Wan 2.2 TI2V with an image)."""

@@ -98,15 +98,6 @@ def error_lines(text: str) -> list[str]:
     return [ln for ln in text.splitlines() if ln.strip()]
 
 
-@pytest.fixture
-def no_loading(monkeypatch):
-    def refuse(*args, **kwargs):
-        raise AssertionError("weights were loaded before the input was checked")
-
-    monkeypatch.setattr("vidcache.runner.load_pipeline", refuse)
-    return monkeypatch
-
-
 # --------------------------------------------------------------------------------------------
 # 1. the writer's status and the written file
 # --------------------------------------------------------------------------------------------

@@ -69,7 +69,7 @@ def test_text_length_comes_from_the_checkpoint(learned_cogvideox, tmp_path):
     r = CliRunner().invoke(app, ["gen", "--model", learned_cogvideox, "-p", "a red ball", "--frames", "9",
                                  "--height", "64", "--width", "64", "--steps", "2", "-o", str(tmp_path), "--json"])
     assert r.exit_code == 0, r.output
-    (report,) = [json.loads(p.read_text()) for p in tmp_path.glob("0000-*.json")]
+    (report,) = [json.loads(p.read_text()) for p in tmp_path.glob("a-red-ball-*.json")]
     assert report["job"]["text_len"] == 16
 
 

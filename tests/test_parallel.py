@@ -336,15 +336,6 @@ def test_joint_text_mask_counts_each_text_key_once(ulysses, ring):
 # --------------------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def no_loading(monkeypatch):
-    def refuse(*args, **kwargs):
-        raise AssertionError("weights were loaded before the split was validated")
-
-    monkeypatch.setattr("vidcache.runner.load_pipeline", refuse)
-    return monkeypatch
-
-
 @pytest.mark.parametrize(
     ("world", "model", "args", "message"),
     [

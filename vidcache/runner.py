@@ -304,7 +304,12 @@ class Runner:
         """The whole protocol for one job; returns its summary row (status done, skipped, claimed or
         failed). Loads the pipeline the first time a job needs rendering. Under torchrun rank 0
         decides and every rank follows."""
-        action, info = self._decide(job) if self.is_main else ("", None)
+        action, info = "", None
+        if self.is_main:
+            try:
+                action, info = self._decide(job)
+            except OSError as err:  # the folder went bad under the run (full, read-only, removed)
+                action, info = "failed", f"{job.name}: cannot claim or check its files ({err.strerror or err})"
         if self.par is not None:
             actions = ("skipped", "claimed", "failed", "render")
             action = actions[self.par.agree_flags([action == a for a in actions]).index(True)]
