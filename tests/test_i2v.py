@@ -199,7 +199,7 @@ def test_report_records_the_image_and_resume_notices_a_new_one(tiny_dirs, tmp_pa
     r = gen("--model", tiny_dirs["wan2-i2v"], "--image", image, "-p", "a red ball", *SMALL, "-o", out,
             "--fit", "pad", "--json")
     assert r.exit_code == 0, r.output
-    (report_path,) = out.glob("0000-*.json")
+    (report_path,) = out.glob("a-red-ball-*.json")
     report = json.loads(report_path.read_text())
     assert report["model"]["mode"] == "i2v"
     assert report["image"] | {} == {"path": str(image.resolve()), "width": 40, "height": 30, "format": "PNG",
@@ -211,7 +211,8 @@ def test_report_records_the_image_and_resume_notices_a_new_one(tiny_dirs, tmp_pa
     changed = gen("--model", tiny_dirs["wan2-i2v"], "--image", image, "-p", "a red ball", *SMALL, "-o", out,
                   "--fit", "pad", "--json")
     assert json.loads(changed.stdout)["counts"]["done"] == 1
-    assert json.loads(report_path.read_text())["job_key"] != report["job_key"]
+    keys = {json.loads(p.read_text())["job_key"] for p in out.glob("a-red-ball-*.json")}  # a new name each
+    assert len(keys) == 2 and report["job_key"] in keys
 
 
 def test_jsonl_images_are_relative_to_the_prompt_file(tiny_dirs, tmp_path):
@@ -224,7 +225,7 @@ def test_jsonl_images_are_relative_to_the_prompt_file(tiny_dirs, tmp_path):
     out = tmp_path / "out"
     r = gen("--model", tiny_dirs["wan-ti2v"], prompts, *SMALL, "-o", out, "--json")
     assert r.exit_code == 0, r.output
-    reports = [json.loads(p.read_text()) for p in sorted(out.glob("000*.json"))]
+    reports = sorted((json.loads(p.read_text()) for p in out.glob("a-*.json")), key=lambda rep: rep["job"]["index"])
     assert [(rep["image"]["format"], rep["image"]["path"]) for rep in reports] == [
         ("JPEG", str(tmp_path / "images" / "red.jpg")), ("WebP", str(tmp_path / "images" / "green.webp"))]
 

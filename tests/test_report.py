@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -36,7 +37,7 @@ def reports(folder: Path) -> dict[str, dict]:
 
 
 def prompt_of(name: str) -> str:
-    return next(k for k, p in REPORT_PROMPTS.items() if name.endswith(f"-{slug(p)}-5"))
+    return next(k for k, p in REPORT_PROMPTS.items() if re.fullmatch(re.escape(f"{slug(p)}-5-") + "[0-9a-f]{8}", name))
 
 
 def test_against_pairs_jobs_by_key_and_measures_them(report_runs, tmp_path):
@@ -148,7 +149,7 @@ def test_run_summaries_in_runs_folder_and_a_pointer(report_runs, tmp_path):
     folder = tmp_path / "farm"
     shutil.copytree(report_runs["none"], folder)
     run = json.loads((folder / "run.json").read_text())
-    (folder / "runs").mkdir()
+    (folder / "runs").mkdir(exist_ok=True)  # gen keeps its own summaries there too
     old = run | {"videos": run["videos"] + [{"name": "0042-gone-0", "status": "failed", "error": "first try"}]}
     (folder / "runs" / "1-shard0.json").write_text(json.dumps(old))
     (folder / "runs" / "2-shard0.json").write_text(json.dumps(
