@@ -222,7 +222,8 @@ def test_int8_with_group_offload_cache_and_compile(tiny_dirs):
 
 
 def test_gen_quantize_in_report_and_job_key(tmp_path):
-    """A video made unquantized is redone under --quantize int8 (its job key differs), then skipped."""
+    """A video made unquantized is made anew under --quantize int8 (its job key, so its name, differs),
+    then skipped; the unquantized one is kept under its own name."""
     out = tmp_path / "out"
     base = ["gen", "-p", PROMPT, "--frames", "9", "--height", "64", "--width", "64", "--steps", "3", "-o", str(out),
             "--json"]
@@ -232,13 +233,16 @@ def test_gen_quantize_in_report_and_job_key(tmp_path):
         assert r.exit_code == 0, r.output
         return json.loads(r.stdout)["counts"]
 
-    assert run() == {"done": 1, "skipped": 0, "failed": 0}
-    assert run("--quantize", "int8") == {"done": 1, "skipped": 0, "failed": 0}
-    assert run("--quantize", "int8") == {"done": 0, "skipped": 1, "failed": 0}
-    (report,) = [json.loads(p.read_text()) for p in out.glob("0*.json")]
-    assert report["quantize"]["mode"] == "int8"
+    def counts(done, skipped):
+        return {"done": done, "skipped": skipped, "claimed": 0, "failed": 0, "interrupted": 0}
+
+    assert run() == counts(1, 0)
+    assert run("--quantize", "int8") == counts(1, 0)
+    assert run("--quantize", "int8") == counts(0, 1)
+    reports = [json.loads(p.read_text()) for p in out.glob("*.json") if p.name != "run.json"]
+    assert sorted(r["quantize"]["mode"] for r in reports) == ["int8", "none"]
     assert json.loads((out / "run.json").read_text())["quantize"] == "int8"
-    assert run() == {"done": 1, "skipped": 0, "failed": 0}  # and back
+    assert run() == counts(0, 1)  # and back: the unquantized video is still there
 
 
 @pytest.fixture
