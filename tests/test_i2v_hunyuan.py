@@ -427,7 +427,7 @@ def test_gen_end_to_end(hunyuan_dirs, tmp_path, name, size, cache):
         args += ["--image", picture] + (["--height", "64", "--width", "64"] if name == "hunyuan-i2v" else [])
     r = gen(*args)
     assert r.exit_code == 0, r.output
-    (report,) = [json.loads(p.read_text()) for p in tmp_path.glob("0000-*.json")]
+    (report,) = [json.loads(p.read_text()) for p in tmp_path.glob("a-red-ball-*.json")]
     assert report["status"] == "done" and (report["mp4"] and (tmp_path / report["mp4"]).is_file())
     assert report["model"]["mode"] == ("t2v" if size is None else "i2v")
     assert (report["height"], report["width"]) == (size or (64, 64))

@@ -107,7 +107,7 @@ class ResolvedModel:
             asked = ("--height / --width" if any(flags.get(k) is not None for k in ("height", "width")) else
                      f"{line.where}: 'height' / 'width'" if {"height", "width"} & set(line.overrides) else None)
             if asked:
-                raise UsageError(f"{asked}: {self.name} takes its size from the image ({job.name}: "
+                raise UsageError(f"{asked}: {self.name} takes its size from the image ({job.name or job.where}: "
                                  f"{size[0]}x{size[1]}, the bucket nearest its aspect ratio); drop them")
             out.append(replace(job, height=size[0], width=size[1]))
         return out
