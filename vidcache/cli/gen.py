@@ -8,6 +8,7 @@ import functools
 import inspect
 import os
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
@@ -46,6 +47,8 @@ from .options import (
     StepsOpt,
     WidthOpt,
 )
+
+RANK_EXIT_GRACE_S = 3.0  # under torchrun: how long ranks other than 0 wait before exiting on a refusal
 
 
 def _gen_template(
@@ -245,6 +248,8 @@ def _gen(args: GenArgs) -> None:
         sys.stdout.flush()
         os._exit(err.exit_code)
     except VidcacheError as err:
+        if not main:  # every rank refuses alike; rank 0 says why: leave it time to, before torchrun,
+            time.sleep(RANK_EXIT_GRACE_S)  # seeing this rank's exit, stops it
         fail(err, debug, err.exit_code, show=main)
     except KeyboardInterrupt as err:
         by = f" by {err.name}" if isinstance(err, interrupts.Interrupted) else ""
