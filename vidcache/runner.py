@@ -529,7 +529,8 @@ class Runner:
         return self.last_summary
 
     def summary(self, rows: list[dict[str, Any]], seconds: float, status: str = "finished",
-                started: datetime | None = None) -> dict[str, Any]:
+                started: datetime | None = None, **extra: Any) -> dict[str, Any]:
+        """The run's summary, kept on rank 0 (``outputs.write_summary``); ``extra`` adds keys (the farm's)."""
         m = self.plan.model
         started = started or datetime.now(timezone.utc)
         summary = {
@@ -546,7 +547,7 @@ class Runner:
             "counts": {s: sum(r["status"] == s for r in rows) for s in STATUSES},
             "videos": rows,
             "versions": versions(),
-        }
+        } | extra
         if self.is_main and self.out.is_dir():
             try:
                 summary["summary_file"] = outputs.write_summary(self.out, summary, started,
