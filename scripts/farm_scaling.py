@@ -45,25 +45,40 @@ def run(cmds: list[list[str]]) -> float:
     t0 = time.monotonic()
     procs = [subprocess.Popen(c, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
              for c in cmds]
-    for p, c in zip(procs, cmds):
-        _, err = p.communicate()
-        if p.returncode != 0:
-            raise SystemExit(f"{' '.join(c)} exited {p.returncode}: {err.strip().splitlines()[-1:]}")
+    try:
+        for p, c in zip(procs, cmds):
+            _, err = p.communicate()
+            if p.returncode != 0:
+                raise SystemExit(f"{' '.join(c)} exited {p.returncode}: {err.strip().splitlines()[-1:]}")
+    finally:  # interrupted: stop the commands still running (the farm's driver stops its workers)
+        for p in procs:
+            if p.poll() is None:
+                p.terminate()
+                p.wait()
     return time.monotonic() - t0
 
 
-def farm_span(out: Path) -> tuple[float, float, float]:
-    """Render span, mean model load and the largest gap a worker waited between two of its jobs
-    (the driver's per-job overhead: result back, next job out) of a farm run, from its run.json."""
+def farm_span(out: Path) -> tuple[float, float, float, float]:
+    """Render span, mean model load, the largest gap a worker waited between two of its jobs (the
+    driver's per-job overhead: result back, next job out) and the busiest worker's share of the
+    render seconds, of a farm run, from its run.json."""
     run_json = json.loads((out / "run.json").read_text())
     rows = [v for v in run_json["videos"] if v["status"] == "done"]
     loads = [w["load_s"] for w in run_json["farm"]["workers"] if w.get("load_s")]
-    gaps = [0.0]
+    gaps, work = [0.0], {}
     for worker in {v["worker"] for v in rows}:
         mine = sorted((v for v in rows if v["worker"] == worker), key=lambda v: v["start_s"])
         gaps += [b["start_s"] - a["end_s"] for a, b in zip(mine, mine[1:])]
+        work[worker] = sum(v["seconds"] for v in mine)
     span = max(v["end_s"] for v in rows) - min(v["start_s"] for v in rows)
-    return span, sum(loads) / len(loads), max(gaps)
+    return span, sum(loads) / len(loads), max(gaps), max(work.values()) / sum(work.values())
+
+
+def gen_share(outs: list[Path]) -> float:
+    """The busiest shard's share of the render seconds of side-by-side gen runs."""
+    work = [sum(json.loads(r.read_text())["timing"]["total_s"] for r in out.glob("*.json") if r.name != "run.json")
+            for out in outs]
+    return max(work) / sum(work)
 
 
 def gen_span(outs: list[Path]) -> float:
@@ -96,8 +111,9 @@ def main() -> None:
     common = ["--height", str(args.size), "--width", str(args.size), "--steps", str(args.steps), "--device", "cpu"]
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
           f"python {platform.python_version()}; load before: {os.getloadavg()[0]:.2f}")
-    print("| batch | run | wall s | render span s | model load s | max gap between jobs s | load avg after |")
-    print("|---|---|---|---|---|---|---|")
+    print("| batch | run | wall s | render span s | busiest share of the work | model load s | "
+          "max gap between jobs s | load avg after |")
+    print("|---|---|---|---|---|---|---|---|")
     kinds = ("alternating", "random") if args.batch == "both" else (args.batch,)
     for kind in kinds:
         prompts = args.work / f"{kind}.jsonl"
@@ -108,16 +124,16 @@ def main() -> None:
                 out = args.work / "out"
                 shutil.rmtree(out, ignore_errors=True)
                 wall = run([[*vc, "farm", str(prompts), "--out", str(out), *common, "--workers", str(workers)]])
-                span, load, gap = farm_span(out)
-                print(f"| {kind} | {label} | {wall:.1f} | {span:.1f} | {load:.1f} | {gap:.3f} | "
+                span, load, gap, share = farm_span(out)
+                print(f"| {kind} | {label} | {wall:.1f} | {span:.1f} | {share:.0%} | {load:.1f} | {gap:.3f} | "
                       f"{os.getloadavg()[0]:.2f} |", flush=True)
             outs = [args.work / f"shard{i}" for i in range(2)]
             for out in outs:
                 shutil.rmtree(out, ignore_errors=True)
             wall = run([[*vc, "gen", str(prompts), "--out", str(out), *common, "--shard", f"{i}/2"]
                         for i, out in enumerate(outs)])
-            print(f"| {kind} | static --shard 0/2 + 1/2 | {wall:.1f} | {gen_span(outs):.1f} | - | - | "
-                  f"{os.getloadavg()[0]:.2f} |", flush=True)
+            print(f"| {kind} | static --shard 0/2 + 1/2 | {wall:.1f} | {gen_span(outs):.1f} | {gen_share(outs):.0%} | "
+                  f"- | - | {os.getloadavg()[0]:.2f} |", flush=True)
 
 
 if __name__ == "__main__":

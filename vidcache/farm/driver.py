@@ -20,10 +20,14 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ..errors import UsageError, VidcacheError, one_line
 from .schedule import Board, Task, WorkerStats, job_cost
+
+if TYPE_CHECKING:
+    from ..jobs import Prompt
+    from ..runner import Plan, RunConfig
 
 RAY_MISSING = "vidcache farm needs Ray, which is not installed: pip install 'vidcache[ray]'"
 MULTI_GPU = ("workers of several GPUs (context parallelism inside a worker: --gpus-per-worker above 1, --ulysses, "
@@ -54,7 +58,7 @@ class FarmOptions:
     debug: bool = False
 
 
-def check_options(cfg, opts: FarmOptions) -> None:
+def check_options(cfg: RunConfig, opts: FarmOptions) -> None:
     """Refuse, before anything starts, what the farm cannot do (yet)."""
     if cfg.shard:
         raise UsageError(f"--shard {cfg.shard}: the farm hands out the whole prompt file itself (static shares are "
@@ -72,7 +76,7 @@ def check_options(cfg, opts: FarmOptions) -> None:
         raise UsageError(f"--on-interrupt {opts.on_interrupt}: expected finish or cancel")
 
 
-def worker_config(cfg, device: str):
+def worker_config(cfg: RunConfig, device: str) -> RunConfig:
     """The configuration the workers plan with: paths made absolute (a worker's working folder is
     not the driver's) and the device the driver chose for them."""
     def absolute(value: str | None) -> str | None:
@@ -80,7 +84,19 @@ def worker_config(cfg, device: str):
 
     load = dataclasses.replace(cfg.load, device=device)
     return dataclasses.replace(cfg, out=Path(cfg.out).resolve(), model=absolute(cfg.model),
-                               preset_file=absolute(cfg.preset_file), load=load)
+                               preset_file=absolute(cfg.preset_file), image=absolute(cfg.image), load=load)
+
+
+def worker_prompts(prompts: list[Prompt]) -> list[Prompt]:
+    """The prompts as the workers plan them: a line's image by its absolute path (like --image, it
+    must be on storage every node sees)."""
+    def absolute(p):
+        image = p.overrides.get("image")
+        if image is None:
+            return p
+        return dataclasses.replace(p, overrides=p.overrides | {"image": str(Path(image).resolve())})
+
+    return [absolute(p) for p in prompts]
 
 
 class FarmEvents(Protocol):
@@ -106,7 +122,7 @@ def _cause_line(err: BaseException) -> str:
 class Farm:
     """One batch over a Ray cluster. ``run`` returns the summary that it also writes to run.json."""
 
-    def __init__(self, plan, prompts: list, opts: FarmOptions, events: FarmEvents | None = None):
+    def __init__(self, plan: Plan, prompts: list[Prompt], opts: FarmOptions, events: FarmEvents | None = None):
         from ..runner import Runner
 
         self.plan, self.prompts, self.opts = plan, prompts, opts
@@ -166,8 +182,9 @@ class Farm:
             count, resources = self._size(ray)
             write_text(marker, marker.name)  # each worker checks it sees this file: --out is shared
             self.spec = {"config": config_to_wire(worker_config(self.plan.config, self.device)),
-                         "prompts": prompts_to_wire(self.prompts), "digest": keys_digest(batch_keys(self.runner)),
-                         "marker": marker.name, "threads": self.opts.cpus_per_worker, "debug": self.opts.debug}
+                         "prompts": prompts_to_wire(worker_prompts(self.prompts)),
+                         "digest": keys_digest(batch_keys(self.runner)), "marker": marker.name,
+                         "threads": self.opts.cpus_per_worker, "debug": self.opts.debug}
             # Ray never restarts or retries on its own: the driver decides (another worker, a fresh actor)
             self.remote = ray.remote(FarmWorker).options(max_restarts=0, max_task_retries=0, **resources)
             for i in range(count):

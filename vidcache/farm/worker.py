@@ -16,22 +16,26 @@ import socket
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import UsageError
+
+if TYPE_CHECKING:
+    from ..jobs import Job, Prompt
+    from ..runner import RunConfig, Runner
 
 PAUSE_DIR_ENV = "VIDCACHE_FARM_PAUSE_DIR"
 
 
 # -- the wire ---------------------------------------------------------------------------------
-def config_to_wire(cfg) -> dict[str, Any]:
+def config_to_wire(cfg: RunConfig) -> dict[str, Any]:
     """A ``RunConfig`` as plain values."""
     wire = asdict(cfg)
     wire["out"] = str(cfg.out)
     return wire
 
 
-def config_from_wire(wire: dict[str, Any]):
+def config_from_wire(wire: dict[str, Any]) -> RunConfig:
     from ..loading import LoadOptions
     from ..parallel import ParallelOptions
     from ..runner import RunConfig
@@ -40,11 +44,11 @@ def config_from_wire(wire: dict[str, Any]):
                                 "parallel": ParallelOptions(**wire["parallel"])}))
 
 
-def prompts_to_wire(prompts) -> list[dict[str, Any]]:
+def prompts_to_wire(prompts: list[Prompt]) -> list[dict[str, Any]]:
     return [asdict(p) for p in prompts]
 
 
-def prompts_from_wire(wire: list[dict[str, Any]]):
+def prompts_from_wire(wire: list[dict[str, Any]]) -> list[Prompt]:
     from ..jobs import Prompt
 
     return [Prompt(**p) for p in wire]
@@ -55,7 +59,7 @@ def keys_digest(keys: list[str]) -> str:
     return hashlib.sha256("\n".join(keys).encode()).hexdigest()[:16]
 
 
-def batch_keys(runner) -> list[str]:
+def batch_keys(runner: Runner) -> list[str]:
     context = runner.job_context()
     return [job.key(context) for job in runner.plan.jobs]
 
@@ -103,7 +107,7 @@ class _WorkerEvents:
         self.warnings.append(message)
 
 
-def run_job(runner, job, debug: bool) -> dict[str, Any]:
+def run_job(runner: Runner, job: Job, debug: bool) -> dict[str, Any]:
     """One job the way a ``vidcache gen`` batch does it, as a summary row: ``skipped`` when its MP4
     and report are already there (another worker or process finished it meanwhile), else rendered
     (``failed`` when it raised). The farm's one seam into the Runner's per-job protocol."""
