@@ -67,6 +67,12 @@ def batch(path: Path, frames: dict[str, int]) -> Path:
     return path
 
 
+def outputs(out: Path) -> list[Path]:
+    """The videos and reports in ``out`` (not run.json, runs/, claims or temp files)."""
+    return sorted(p for p in out.iterdir() if p.suffix in (".mp4", ".json") and p.name != "run.json"
+                  and not p.name.startswith("."))
+
+
 def videos(summary: dict) -> dict[str, dict]:
     return {v["name"]: v for v in summary["videos"]}
 
@@ -98,7 +104,7 @@ def test_every_job_once_longest_first_reports_equal_gen_and_rerun_renders_nothin
     r = farm(prompts, "--out", out, *SMALL, *cache, "--workers", 2, "--json")
     assert r.exit_code == 0, r.output
     summary = json.loads(r.stdout)
-    assert summary["counts"] == {"done": 4, "skipped": 0, "failed": 0}
+    assert summary["counts"] == {"done": 4, "skipped": 0, "claimed": 0, "failed": 0, "interrupted": 0}
     rows = videos(summary)
     assert all(v["attempts"] == 1 and v["worker"] in ("w0", "w1") and v["pid"] for v in rows.values())
     assert [v["name"] for v in sorted(rows.values(), key=lambda v: v["start_s"])] == ["b", "c", "a", "d"]
@@ -114,12 +120,12 @@ def test_every_job_once_longest_first_reports_equal_gen_and_rerun_renders_nothin
         assert np.array_equal(read_mp4(out / f"{name}.mp4"), read_mp4(ref / f"{name}.mp4"))
     assert any(json.loads((out / f"{n}.json").read_text())["cache"]["stats"]["compute_ratio"] < 1 for n in rows)
 
-    stamps = {p.name: p.stat().st_mtime_ns for p in out.glob("[!r]*")}
+    stamps = {p.name: p.stat().st_mtime_ns for p in outputs(out)}
     r = farm(prompts, "--out", out, *SMALL, *cache, "--workers", 2, "--json")
     assert r.exit_code == 0, r.output
     again = json.loads(r.stdout)
-    assert again["counts"] == {"done": 0, "skipped": 4, "failed": 0} and again["farm"]["workers"] == []
-    assert {p.name: p.stat().st_mtime_ns for p in out.glob("[!r]*")} == stamps
+    assert again["counts"]["skipped"] == 4 and again["counts"]["done"] == 0 and again["farm"]["workers"] == []
+    assert {p.name: p.stat().st_mtime_ns for p in outputs(out)} == stamps
 
 
 def test_worker_killed_mid_job_is_retried_and_nothing_else_redone(cluster, tmp_path):
@@ -137,8 +143,8 @@ def test_worker_killed_mid_job_is_retried_and_nothing_else_redone(cluster, tmp_p
     assert rows["k2"]["pid"] != killed[0]
     assert [rows[n]["attempts"] for n in ("k1", "k3")] == [1, 1]
     assert read_mp4(out / "k2.mp4").shape == (13, 32, 32, 3)
-    assert sorted(p.name for p in out.iterdir()) == ["k1.json", "k1.mp4", "k2.json", "k2.mp4", "k3.json",
-                                                     "k3.mp4", "run.json"]
+    assert [p.name for p in outputs(out)] == ["k1.json", "k1.mp4", "k2.json", "k2.mp4", "k3.json", "k3.mp4"]
+    assert not list((out / ".claims").iterdir())  # the killed worker's claim was taken over, then released
     workers = json.loads(r.stdout)["farm"]["workers"]
     assert sum(w["restarts"] for w in workers) == 1  # the killed worker was replaced by a fresh actor
 
@@ -175,8 +181,9 @@ def test_interrupt_finishes_or_cancels_and_the_rerun_resumes(cluster, tmp_path):
     assert r.exit_code == 130, r.output
     summary = json.loads(r.stdout)
     assert summary["farm"]["interrupted"] == "SIGINT"
-    assert [videos(summary)[n]["status"] for n in ("i1", "i2", "i3")] == ["done", "cancelled", "cancelled"]
-    assert sorted(p.name for p in out.iterdir()) == ["i1.json", "i1.mp4", "run.json"]
+    assert [videos(summary)[n]["status"] for n in ("i1", "i2", "i3")] == ["done", "interrupted", "interrupted"]
+    assert summary["status"] == "interrupted" and summary["counts"]["interrupted"] == 2
+    assert [p.name for p in outputs(out)] == ["i1.json", "i1.mp4"]
     assert "run again to resume" in r.stderr
 
     # the rerun resumes (i1 is skipped); SIGTERM (what Slurm sends) to this driver, joined by --address
@@ -191,8 +198,8 @@ def test_interrupt_finishes_or_cancels_and_the_rerun_resumes(cluster, tmp_path):
     assert proc.returncode == 143, stderr
     summary = json.loads(stdout)
     assert summary["farm"]["interrupted"] == "SIGTERM" and summary["farm"]["address"] == cluster.address
-    assert [videos(summary)[n]["status"] for n in ("i1", "i2", "i3")] == ["skipped", "cancelled", "cancelled"]
-    assert not [p for p in out.iterdir() if p.name.startswith(("i2", "i3"))]
+    assert [videos(summary)[n]["status"] for n in ("i1", "i2", "i3")] == ["skipped", "interrupted", "interrupted"]
+    assert [p.name for p in outputs(out)] == ["i1.json", "i1.mp4"]
     deadline = time.monotonic() + 30
     while _alive(paused[0]) and time.monotonic() < deadline:
         time.sleep(0.1)
@@ -215,7 +222,7 @@ def test_gen_never_imports_ray(tmp_path):
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
-    assert (tmp_path / "0000-a-red-ball-0.mp4").is_file()
+    assert len(list(tmp_path.glob("a-red-ball-0-*.mp4"))) == 1
 
 
 def test_without_ray_one_line_how_to_install(tmp_path, monkeypatch):
@@ -328,3 +335,19 @@ def test_live_view_shows_counts_workers_and_eta():
     assert "1/2 done" in text and "1 running" in text and "0 queued" in text and "ETA 24s" in text
     assert "w0.1" in text and "10.0.0.7" in text and "j1 (30s)" in text and "0.7" in text  # videos/min
     assert duration(3725) == "1h02m" and duration(65) == "1m05s" and duration(None) == "-"
+
+
+def test_a_dead_workers_claim_from_another_machine_is_taken_over_at_once(tmp_path):
+    """A worker Ray saw die on another node leaves a fresh claim that looks alive for
+    VIDCACHE_CLAIM_STALE_S; the retry, told its pid and host, takes it over (only that one)."""
+    from vidcache import outputs
+
+    target = outputs.Target(tmp_path, "job", "k")
+    target.claim_path.parent.mkdir()
+    target.claim_path.write_text(json.dumps({"pid": 4242, "host": "node-7", "token": "t"}) + "\n")
+    assert outputs.claim(target) is None  # alive as far as this machine can tell
+    assert outputs.release_dead(target, [{"pid": 4242, "host": "node-8"}]) is False
+    assert outputs.release_dead(target, [{"pid": 4242, "host": "node-7"}]) is True
+    claim = outputs.claim(target)
+    assert claim is not None
+    claim.release()

@@ -112,6 +112,6 @@ def test_slurm_farm_on_a_one_node_allocation(prompt_dir, tmp_path):
                    RAY_PORT=str(port), RAY=f"{sys.executable} -m ray.scripts.scripts")
     assert r.returncode == 0, r.stderr[-3000:]
     summary = json.loads(r.stdout)
-    assert summary["counts"] == {"done": 2, "skipped": 0, "failed": 0}
+    assert summary["counts"]["done"] == 2 and summary["counts"]["failed"] == 0
     assert summary["farm"]["address"].endswith(f":{port}")
-    assert sorted(p.name for p in out.glob("*.mp4")) == ["0000-a-red-ball-0.mp4", "0001-a-blue-box-0.mp4"]
+    assert sorted(p.name[:-len("-01234567.mp4")] for p in out.glob("*.mp4")) == ["a-blue-box-0", "a-red-ball-0"]

@@ -258,6 +258,17 @@ def _break(path: Path, seen: dict[str, Any] | None) -> None:
     tomb.unlink(missing_ok=True)
 
 
+def release_dead(target: Target, owners: list[dict[str, Any]]) -> bool:
+    """Take away the target's claim when its holder is one of ``owners`` ({"pid", "host"}), processes
+    the caller knows are gone: a farm worker that Ray saw die on another machine, whose claim would
+    otherwise look alive until it is ``VIDCACHE_CLAIM_STALE_S`` old. True when one was taken away."""
+    seen = holder(target)
+    if not seen or not any(seen.get("pid") == o.get("pid") and seen.get("host") == o.get("host") for o in owners):
+        return False
+    _break(target.claim_path, seen)
+    return True
+
+
 def claim(target: Target) -> Claim | None:
     """Claim the target for this process; None when a live process holds it. Stale claims are
     taken over (see the module docstring)."""

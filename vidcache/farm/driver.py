@@ -19,6 +19,7 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -140,7 +141,7 @@ class Farm:
         self.address: str | None = None
         self.remote: Any = None  # the worker's Ray actor class, with its resources
         self.spec: dict[str, Any] = {}  # what every worker is started with (vidcache.farm.worker)
-        self.t0 = time.monotonic()
+        self.t0, self.started = time.monotonic(), datetime.now(timezone.utc)
 
     def now(self) -> float:
         return time.monotonic() - self.t0
@@ -148,10 +149,12 @@ class Farm:
     # -- the run -----------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
         """Skip what is finished in --out (no Ray at all when that is everything), farm out the rest."""
+        from .. import outputs
         from ..report import video_row
 
         out = Path(self.plan.config.out)
-        out.mkdir(parents=True, exist_ok=True)
+        outputs.check_out(out)
+        outputs.sweep(out)  # what gone processes left: their temp files and stale claims
         for task in self.board.tasks:
             done = self.runner.finished(task.job)
             if done is not None:
@@ -273,7 +276,8 @@ class Farm:
                 continue
             self.board.start(task, slot.incarnation, self.now())
             slot.state, slot.task = "busy", task
-            self.pending[self.handles[slot.name].render.remote(task.job.index, task.key)] = ("render", slot, task)
+            ref = self.handles[slot.name].render.remote(task.job.index, task.key, task.dead)
+            self.pending[ref] = ("render", slot, task)
 
     def _settle(self, ray, ref) -> None:
         kind, slot, task = self.pending.pop(ref)
@@ -327,6 +331,7 @@ class Farm:
         pid, node = slot.info.get("pid", "?"), slot.info.get("node") or slot.info.get("host") or "?"
         error = f"worker {slot.incarnation} (pid {pid} on {node}) died: {str(err).strip().splitlines()[0]}"
         if task is not None:
+            task.dead.append({"pid": slot.info.get("pid"), "host": slot.info.get("host")})
             self._free(slot)
             self._attempt_failed(slot, task, error)
         slot.deaths_in_row += 1
@@ -409,4 +414,5 @@ class Farm:
         farm = {"address": self.address, "device": self.device, "retries": self.opts.retries,
                 "order": "longest first (frames x height x width x steps)", "workers": workers,
                 "interrupted": signal.Signals(self.stop_signal).name if self.stop_signal is not None else None}
-        return self.runner.summary(rows, now, farm=farm)
+        status = "interrupted" if self.stop_signal is not None else "finished"
+        return self.runner.summary(rows, now, status, self.started, farm=farm)

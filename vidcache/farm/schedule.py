@@ -14,7 +14,7 @@ from typing import Any
 
 from ..jobs import Job
 
-FINAL = ("done", "skipped", "failed", "cancelled")
+FINAL = ("done", "skipped", "claimed", "failed", "interrupted")  # the statuses of vidcache.report
 
 
 def job_cost(job: Job) -> int:
@@ -33,6 +33,7 @@ class Task:
     attempts: int = 0
     errors: list[str] = field(default_factory=list)
     avoid: set[str] = field(default_factory=set)  # worker incarnations it failed on
+    dead: list[dict[str, Any]] = field(default_factory=list)  # pid and host of workers that died in it
     worker: str | None = None  # the incarnation running it, or that finished it
     start_s: float | None = None  # seconds since the farm started, of the last attempt
     end_s: float | None = None
@@ -113,8 +114,8 @@ class Board:
 
     def cancel(self, task: Task) -> None:
         """An interrupted run: the job was never finished (a rerun renders it)."""
-        task.status = "cancelled"
-        task.row = {"name": task.job.name, "status": "cancelled", "error": None}
+        task.status = "interrupted"
+        task.row = {"name": task.job.name, "status": "interrupted", "error": None}
 
     # -- state -------------------------------------------------------------------------------
     def count(self, status: str) -> int:

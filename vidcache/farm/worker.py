@@ -107,16 +107,16 @@ class _WorkerEvents:
         self.warnings.append(message)
 
 
-def run_job(runner: Runner, job: Job, debug: bool) -> dict[str, Any]:
-    """One job the way a ``vidcache gen`` batch does it, as a summary row: ``skipped`` when its MP4
-    and report are already there (another worker or process finished it meanwhile), else rendered
-    (``failed`` when it raised). The farm's one seam into the Runner's per-job protocol."""
-    from ..report import video_row
+def run_job(runner: Runner, job: Job, debug: bool, dead: list[dict[str, Any]]) -> dict[str, Any]:
+    """One job the way a ``vidcache gen`` batch does it (``Runner.run_job``: skipped when done, left
+    to a live claimer, else claimed, rendered, published), as a summary row. ``dead``: the workers
+    (pid, host) that died in this job before; their claims are taken away first, which on another
+    machine would otherwise hold the job for ``VIDCACHE_CLAIM_STALE_S``."""
+    from .. import outputs
 
-    done = runner.finished(job)
-    if done is not None:
-        return video_row(done) | {"status": "skipped"}
-    return video_row(runner.attempt(job, debug))
+    if dead:
+        outputs.release_dead(runner.target(job), dead)
+    return runner.run_job(job, debug)
 
 
 # -- the actor --------------------------------------------------------------------------------
@@ -149,7 +149,7 @@ class FarmWorker:
         if keys_digest(batch_keys(self.runner)) != spec["digest"]:
             raise UsageError(f"{socket.gethostname()} plans the batch differently from the driver (another "
                              "vidcache version, preset or model folder on this node?)")
-        self.runner.load()
+        self.runner.load()  # here, not on the first job: a worker that cannot load is refused as a whole
         return self.where() | {"device": self.runner.device, "load_s": time.perf_counter() - t0}
 
     def where(self) -> dict[str, Any]:
@@ -167,7 +167,7 @@ class FarmWorker:
             pass
         return info
 
-    def render(self, index: int, key: str) -> dict[str, Any]:
+    def render(self, index: int, key: str, dead: list[dict[str, Any]] | None = None) -> dict[str, Any]:
         """Render job ``index`` (skipped when its MP4 and report are already there); the summary row."""
         runner = self.runner
         job = runner.plan.jobs[index]
@@ -175,7 +175,8 @@ class FarmWorker:
             raise UsageError(f"job {index} differs between the driver and this worker")
         self.events.job_name, self.events.warnings = job.name, []
         pause_point(job.name, "start")
-        return {"row": run_job(runner, job, bool(self.spec.get("debug"))), "warnings": list(self.events.warnings)}
+        row = run_job(runner, job, bool(self.spec.get("debug")), dead or [])
+        return {"row": row, "warnings": list(self.events.warnings)}
 
     def close(self) -> None:
         if self.runner is not None:
