@@ -68,6 +68,7 @@ from diffusers.utils.torch_utils import unwrap_module
 from ..errors import UsageError
 from ..models import FamilyAdapter, adapter_of
 from ..models.layout import block_inputs, block_outputs, pack_block_output, sample_of, with_sample
+from .steps import StepScale
 
 # the block I/O helpers the methods use through ``base``
 __all__ = ["block_inputs", "block_outputs", "pack_block_output", "sample_of", "with_sample"]
@@ -418,6 +419,9 @@ class TransformerHook(ModelHook):
         self._host_timesteps: list[float] | None = None
         self._arg_names: list[str] = []
         self._stats_done = False
+        # step-counted parameters stated for ``schedule_steps`` steps (``caches/steps.py``)
+        self.scale = StepScale(params.get("schedule_steps"))
+        self._scaled_for: int | None = None
 
     # -- diffusers hook interface ------------------------------------------------------------
     def initialize_hook(self, module: torch.nn.Module) -> torch.nn.Module:
@@ -453,6 +457,7 @@ class TransformerHook(ModelHook):
         self._detect_new_video()
         state = self.states.get_state()
         info = self._step_info(state, args, kwargs)
+        self._note_scale(info.num_steps)
         record = ForwardRecord(
             step=info.step,
             branch=info.branch,
@@ -505,6 +510,18 @@ class TransformerHook(ModelHook):
 
     def held_bytes(self) -> int:
         return held_bytes([state for state in self.states.states()] + list(self.shared_tensors()))
+
+    def _note_scale(self, steps: int | None) -> None:
+        """Say in the live parameters (the report's ``cache.params``) how this run's step count
+        stretched the method's counts: ``schedule_scale`` = {steps, factor}, absent when 1."""
+        if steps == self._scaled_for:
+            return
+        self._scaled_for = steps
+        k = self.scale.factor(steps)
+        if k == 1.0:
+            self.params.pop("schedule_scale", None)
+        else:
+            self.params["schedule_scale"] = {"steps": steps, "factor": round(k, 6)}
 
     def _detect_new_video(self) -> None:
         key = self.link.timesteps()

@@ -30,6 +30,10 @@ How the CFG-Cache meets each family's CFG layout (ours; diffusers' version crash
 * **HunyuanVideo** is guidance-distilled: only attention reuse applies (``cfg_cache`` is ignored).
 
 ``cfg_cache = false`` turns the CFG-Cache off on every family.
+
+``attention_range`` and ``cfg_range`` are reuse periods stated for ``schedule_steps`` steps; a run
+with another step count stretches them (fractional periods allowed), windows and ``cfg_t0`` are
+timesteps and need no stretch (``caches/steps.py``).
 """
 
 from __future__ import annotations
@@ -40,22 +44,25 @@ from typing import Any
 import torch
 
 from . import base
+from .steps import StepScale, check_period, check_schedule_steps, due
 
 
 @dataclass
 class FasterCacheConfig:
-    attention_range: int = 2
+    attention_range: float = 2
     attention_window: tuple[float, float] = (-1.0, 681.0)
     attention_weight: float = 0.5
     cfg_cache: bool = True
-    cfg_range: int = 5
+    cfg_range: float = 5
     cfg_window: tuple[float, float] = (-1.0, 641.0)
     alpha: float = 0.2
     cfg_t0: float = 300.0
+    schedule_steps: int | None = None
 
     def __post_init__(self) -> None:
-        base.check_int("attention_range", self.attention_range, 1)
-        base.check_int("cfg_range", self.cfg_range, 1)
+        check_period("attention_range", self.attention_range)
+        check_period("cfg_range", self.cfg_range)
+        self.schedule_steps = check_schedule_steps(self.schedule_steps)
         self.attention_window = base.check_window("attention_window", self.attention_window)
         self.cfg_window = base.check_window("cfg_window", self.cfg_window)
         self.attention_weight = base.check_float("attention_weight", self.attention_weight)
@@ -120,6 +127,7 @@ class FasterAttentionHook(base.BranchHook):
     ) -> None:
         super().__init__(states, key)
         self.kind, self.config = kind, config
+        self.scale = StepScale(config.schedule_steps)
 
     def new_forward(self, module: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
         state = self.states.get_state()
@@ -128,7 +136,7 @@ class FasterAttentionHook(base.BranchHook):
         if slot is None:
             slot = state.slots[self.key] = _Slot()
         if base.in_window(info.t, config.attention_window):
-            reuse = slot.calls % config.attention_range != 0
+            reuse = not due(slot.calls, self.scale.period(config.attention_range, info.num_steps))
             slot.calls += 1
             contiguous = state.last_run_step is not None and state.last_run_step == info.step - 1
             if reuse and contiguous and slot.a2 is not None:
@@ -197,7 +205,8 @@ class FasterCacheForwardHook(base.TransformerHook):
         return self.fn_ref.original_forward(*args, **kwargs)
 
     def _reuse_now(self, state: FasterCacheState) -> bool:
-        reuse = state.cfg_calls % self.config.cfg_range != 0 and self.shared.delta is not None
+        period = self.scale.period(self.config.cfg_range, state.info.num_steps)
+        reuse = not due(state.cfg_calls, period) and self.shared.delta is not None
         state.cfg_calls += 1
         return reuse
 
