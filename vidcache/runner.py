@@ -35,7 +35,8 @@ GEN_FLAGS = ("frames", "height", "width", "steps", "guidance", "negative_prompt"
 @dataclass
 class RunConfig:
     model: str = "tiny"
-    cache: str = "none"  # a method, or method.variant of the preset (teacache.fast)
+    cache: str = "none"  # a method, method.variant of the preset (teacache.fast), or "auto"
+    quality: float | None = None  # --cache auto: the PSNR bar (None: the [tuned] table's target)
     preset_file: str | None = None
     sets: list[str] = field(default_factory=list)
     out: Path = Path("outputs")
@@ -58,6 +59,7 @@ class Plan:
     jobs: list[jobs_mod.Job]
     config: RunConfig
     parallel: parallel.ParallelPlan | None = None  # None: one process
+    auto: dict[str, Any] | None = None  # --cache auto: the measurement the choice rests on
 
     def context(self) -> dict[str, Any]:
         """What decides every video's output besides the job itself (part of each job key)."""
@@ -92,7 +94,7 @@ def split_cache(name: str) -> tuple[str, str | None]:
     method, _, variant = name.partition(".")
     method = caches.canonical(method.strip().lower())
     if caches.method_fields(method) is None:
-        raise UsageError(f"--cache {name}: unknown method (known: {', '.join(caches.METHOD_NAMES)})")
+        raise UsageError(f"--cache {name}: unknown method (known: {', '.join(caches.METHOD_NAMES)}, or auto)")
     return method, variant or None
 
 
@@ -138,14 +140,25 @@ def _check_size(model: ResolvedModel, jobs: list[jobs_mod.Job]) -> None:
 
 
 def plan_run(cfg: RunConfig, prompts: list[jobs_mod.Prompt]) -> Plan:
+    from .tune import auto
+
     model = resolve(cfg.model)
-    method, variant = split_cache(cfg.cache)
+    is_auto = cfg.cache.strip().lower() == "auto"
+    if cfg.quality is not None and not is_auto:
+        raise UsageError("--quality is the bar of --cache auto; give --cache auto or leave it out")
+    auto.check_quality(cfg.quality)
+    method, variant = ("none", None) if is_auto else split_cache(cfg.cache)
     preset = caches.check_preset(presets.load(model.preset))
     if cfg.preset_file:
         preset = presets.merge(preset, caches.check_preset(presets.load_file(cfg.preset_file)))
+    why = None
+    if is_auto:
+        method, why = auto.choose(preset, cfg.quality)
+    stated_steps = preset.defaults.get("steps")  # the preset files' step count, before --set and flags
     method_over = _apply_sets(preset, method, cfg.sets)
     params = presets.method_params(preset, method, variant) if method != "none" else {}
     params.update(method_over)
+    params = caches.stated_for(method, params, stated_steps)
     for key in ("frames", "height", "width", "steps", "guidance", "fps", "text_len"):
         if key not in preset.defaults:
             raise UsageError(f"preset {preset.name}: [defaults] lacks '{key}'")
@@ -161,7 +174,7 @@ def plan_run(cfg: RunConfig, prompts: list[jobs_mod.Prompt]) -> Plan:
     par = parallel.plan_parallel(cfg.parallel, model, todo, cfg.load.device, cfg.load.attention)
     if parallel.is_main():  # under torchrun only rank 0 touches the disk
         outputs.check_out(cfg.out)
-    return Plan(model, method, variant, params, todo, cfg, par)
+    return Plan(model, method, variant, params, todo, cfg, par, auto=why)
 
 
 class Events(Protocol):
@@ -416,6 +429,7 @@ class Runner:
             "timing": {
                 "text_encode_s": times.text_encode_s,
                 "denoise_s": sum(times.step_s),
+                "denoise_cpu_s": times.denoise_cpu_s,
                 "decode_s": times.decode_s,
                 "total_s": total,
                 "step_s": times.step_s,

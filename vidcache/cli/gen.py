@@ -17,7 +17,7 @@ import typer
 from rich.markup import escape
 
 from ..errors import EXIT_OK, EXIT_SOME_FAILED, RankLost, VidcacheError, one_line
-from .app import app, err_console, fail, out_console, progress
+from .app import app, err_console, fail, note, out_console, progress
 from .options import (
     Attention,
     AttentionOpt,
@@ -40,6 +40,7 @@ from .options import (
     NegativeOpt,
     PresetOpt,
     PromptOpt,
+    QualityOpt,
     Quantize,
     QuantizeOpt,
     SeedOpt,
@@ -60,6 +61,7 @@ def _gen_template(
     image: ImageOpt = None,
     fit: FitOpt = Fit.crop,
     cache: CacheOpt = "none",
+    quality: QualityOpt = None,
     preset: PresetOpt = None,
     set_: SetOpt = [],  # noqa: B006
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path("outputs"),
@@ -121,7 +123,8 @@ class GenArgs:
         flags = {k: v[k] for k in ("frames", "height", "width", "steps", "guidance", "negative_prompt",
                                    "flow_shift", "fps")}
         return RunConfig(
-            model=v["model"], cache=v["cache"], preset_file=str(v["preset"]) if v["preset"] else None,
+            model=v["model"], cache=v["cache"], quality=v["quality"],
+            preset_file=str(v["preset"]) if v["preset"] else None,
             sets=list(v["set_"]), out=v["out"], overwrite=v["overwrite"], shard=v["shard"], seed=v["seed"],
             flags=flags,
             load=LoadOptions(device=v["device"].value, dtype=v["dtype"].value, attention=v["attention"].value,
@@ -235,6 +238,10 @@ def _gen(args: GenArgs) -> None:
         with interrupts.deferred():  # a signal during the imports takes effect after them, cleanly
             from ..runner import Runner, plan_run
         plan = plan_run(args.run_config(), args.prompts())
+        if plan.auto is not None and main:
+            from ..tune.auto import describe
+
+            note(describe(plan.method, plan.auto))
         with progress() if main else contextlib.nullcontext() as bars:
             runner = Runner(plan, RichEvents(bars) if main else None)
             try:
@@ -260,5 +267,6 @@ def _gen(args: GenArgs) -> None:
     except Exception as err:  # noqa: BLE001 - a traceback only with --debug
         fail(one_line(err), debug, 1, show=main)
     if main:
-        print_summary(summary, f"vidcache: {plan.model.name}, cache {args.cache}", args.json_out)
+        print_summary(summary, f"vidcache: {plan.model.name}, cache {plan.method if plan.auto else args.cache}",
+                      args.json_out)
     raise typer.Exit(EXIT_SOME_FAILED if summary["counts"]["failed"] else EXIT_OK)

@@ -47,7 +47,10 @@ PromptOpt = Annotated[list[str], typer.Option("--prompt", "-p", help="A prompt (
 ModelOpt = Annotated[str, typer.Option(
     "--model", "-m", help="Known name (see `vidcache models`), hub id or local diffusers folder.")]
 CacheOpt = Annotated[str, typer.Option(
-    help="Caching method (none, pab, teacache, ...); METHOD.VARIANT picks a preset variant.")]
+    help="Caching method (none, pab, teacache, ...); METHOD.VARIANT picks a preset variant; auto: the fastest "
+         "method whose [tuned] measurement (from `vidcache tune`) meets --quality.")]
+QualityOpt = Annotated[float | None, typer.Option(
+    help="--cache auto: the PSNR (dB) the chosen method must have measured (default: the tuned file's target).")]
 PresetOpt = Annotated[Path | None, typer.Option(help="TOML file merged over the model's preset.")]
 SetOpt = Annotated[list[str], typer.Option(
     "--set", help="Override a parameter: key=value (cache params; defaults.KEY for defaults).")]
