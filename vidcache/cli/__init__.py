@@ -6,7 +6,7 @@ One module per command registers itself on ``app``; ``options`` holds the flags 
 
 from __future__ import annotations
 
-from . import bench, calibrate, farm, gen, info, report  # noqa: F401 - each registers its command on ``app``
+from . import bench, calibrate, farm, gen, info, report, tune  # noqa: F401 - each registers its command on ``app``
 from .app import app
 
 
