@@ -8,7 +8,9 @@ The knob is the parameter through which the method reads redundancy, scaled from
   decisions are a step function of ``thresh``, so the knob runs over the distinct skip schedules that
   thresholds from the smallest per-step change seen in the references to a whole video's accumulated
   change give (TeaCache's own rule simulated on the recorded changes), gentlest first, which fits any
-  coefficients and model. Coefficients: the official set where the model has one, else a
+  coefficients and model; lines: the preset's forced first steps, and the first 10 % and 20 % of the
+  steps computed (an early skip can cost more than all later ones: the official retention mode forces
+  the first 5 of 50). Coefficients: the official set where the model has one, else a
   degree-4 fit (``calibrate.fit``) to the indicator / output changes recorded while the references
   were generated, else the preset's (``--set coefficients=...`` always wins).
 * **AdaCache** maps a measured distance to a reuse length through its codebook: the knob multiplies
@@ -138,15 +140,32 @@ def teacache(ctx: Context) -> Knob:
     hi = max(per_video, 1e-6)
     lo = min(positive) if positive else hi / 1000
     lo, hi = min(lo, hi / 4), max(hi, lo * 4)
-    threshes = schedules(ctx, base, [geometric(lo, hi, i / 399) / unit for i in range(400)])
+    grid = [geometric(lo, hi, i / 399) / unit for i in range(400)]
+    found: dict[Any, list[float]] = {}
+
+    def threshes(params: dict[str, Any]) -> list[float]:  # the schedules of a line (its forced steps)
+        key = params.get("first_steps")
+        if key not in found:
+            found[key] = schedules(ctx, params, grid)
+        return found[key]
 
     def move(params: dict[str, Any], x: float) -> tuple[dict[str, Any], str]:
-        i = round(x * (len(threshes) - 1))
-        return {**params, "thresh": threshes[i]}, f"thresh {threshes[i]:g} (schedule {i + 1}/{len(threshes)})"
+        ts = threshes(params)
+        i = round(x * (len(ts) - 1))
+        return {**params, "thresh": ts[i]}, f"thresh {ts[i]:g} (schedule {i + 1}/{len(ts)})"
 
-    return Knob("teacache", "thresh", base, move,
-                notes=notes + [f"{len(threshes)} distinct skip schedules for thresh {threshes[0]:.3g} .. "
-                               f"{threshes[-1]:.3g}"], positions=len(threshes))
+    # lines: the early steps carry the layout of the video, and one skipped there can cost more than
+    # all the later ones (the reason for the official retention mode's 5 forced steps of 50)
+    stated = base.get("schedule_steps") or ctx.steps
+    first = base.get("first_steps") or (5 if retention else 1)
+    lines = [Line("preset", {})]
+    if "first_steps" not in ctx.user_keys:
+        lines += [Line(f"first {f} steps computed", {"first_steps": f})
+                  for f in sorted({math.ceil(0.1 * stated), math.ceil(0.2 * stated)}) if f > first]
+    n = len(threshes(base))
+    return Knob("teacache", "thresh", base, move, lines,
+                notes=notes + [f"{n} distinct skip schedules for thresh {threshes(base)[0]:.3g} .. "
+                               f"{threshes(base)[-1]:.3g}"], positions=n)
 
 
 def schedules(ctx: Context, base: dict[str, Any], grid: list[float]) -> list[float]:
@@ -246,16 +265,17 @@ def _periods(ctx: Context, base: dict[str, Any], keys: tuple[str, ...]):
     """A move over reuse periods, in periods *as they run at this step count* (``steps.py`` stretches
     what a table states): the lead period (the first key that reuses, in the preset) runs over
     ``PERIODS`` log-spaced, the others keep the preset's proportion to it (PAB's pyramid), a kind the
-    preset never reuses (range 1) stays off. Written back as stated for ``schedule_steps``."""
-    runs = StepScale(base.get("schedule_steps")).runs(ctx.steps)
+    preset never reuses (range 1) stays off. Written as stated for this run's step count
+    (``schedule_steps``: the periods are the method's only step counts), so a gentle period stays
+    expressible when the preset's step count is lower than the run's."""
     lead = next((k for k in keys if base[k] > 1), keys[0])
     ratio = {k: (base[k] - 1) / (base[lead] - 1) if base[lead] > 1 else float(k == lead) for k in keys}
 
     def move(params: dict[str, Any], x: float) -> tuple[dict[str, Any], str]:
         p = geometric(*PERIODS, x)
-        running = {k: 1 + ratio[k] * (p - 1) for k in keys}
-        out = {**params, **{k: round(v / runs, 4) if v > 1 else 1 for k, v in running.items()}}
-        return out, "periods " + "/".join(f"{running[k]:.3g}" for k in keys if k in params or ratio[k])
+        running = {k: round(1 + ratio[k] * (p - 1), 4) for k in keys}
+        out = {**params, **running, "schedule_steps": ctx.steps}
+        return out, "periods " + "/".join(f"{running[k]:.3g}" for k in keys)
 
     return move
 
@@ -347,4 +367,4 @@ BUILDERS: dict[str, Callable[[Context], Knob]] = {
 
 def lines_of(method: str) -> int:
     """The most lines a method's knob has (for the budget estimate)."""
-    return {"pab": 2, "fastercache": 3, "mixcache": 2}.get(method, 1)
+    return {"pab": 2, "fastercache": 3, "mixcache": 2, "teacache": 3}.get(method, 1)

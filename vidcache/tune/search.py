@@ -11,13 +11,16 @@ Per method and per line of its knob (``knobs.py``; ``x`` in [0, 1], gentle to ag
    point); a discrete knob (TeaCache's skip schedules, TaylorSeer's interval) is bisected until the two
    sides are neighbouring settings;
 3. the line whose candidate is fastest (``auto.speed_key``: compute ratio, attention compute ratio,
-   then measured speedup) is **confirmed** on all tuning prompts; if the mean misses there, ``x``
-   backs off by the last bisection interval, doubled at each try, at most ``BACKOFFS`` times; the next
-   line's candidate is confirmed too while it could still be faster than what is confirmed.
+   then measured speedup) is **confirmed** on all tuning prompts, where the mean *less its standard
+   error* must meet the target; on a miss, the line's next settings that met it on the bracket are
+   confirmed, fastest first (at most ``BACKOFFS`` more), then the line is bisected again on all the
+   prompts between its gentle end and the gentlest setting that missed; the next line's candidate is
+   confirmed too while it could still be faster than what is confirmed.
 
 For a speedup target the roles swap: the least aggressive ``x`` whose median speedup reaches the
-target (the best PSNR at that speed). Speedup is the uncached denoising time of this session (one
-timed uncached video, after a warm-up) over the cached video's; compute ratios are exact counts.
+target (the best PSNR at that speed). Speedup is the uncached denoising time of this session (the
+median of two uncached videos after a warm-up; on a CPU the process's CPU time) over the cached
+video's; compute ratios are exact counts.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from .knobs import Knob, Line
 
 BRACKET = 2
 ITERATIONS = 5
-BACKOFFS = 3
+BACKOFFS = 2
 
 
 @dataclass
@@ -40,17 +43,18 @@ class Target:
     psnr: float | None = None
     speedup: float | None = None
 
-    def passes(self, summary: dict[str, Any]) -> bool:
-        """PSNR: the mean over the prompts less its standard error reaches the target, so that a
-        setting carried over the line by one easy prompt is not taken (the target is about prompts
-        like these, of which the tuning prompts are a sample). Speed: the median speedup does."""
+    def passes(self, summary: dict[str, Any], confirm: bool = True) -> bool:
+        """PSNR: the mean over the prompts reaches the target, on confirmation (all the tuning prompts)
+        less its standard error, so that a setting carried over the line by one easy prompt is not
+        taken (the target is about prompts like these, of which the tuning prompts are a sample; on the
+        two bracket prompts the error estimate is too rough to use). Speed: the median speedup does."""
         if self.psnr is not None:
-            return summary["psnr"] - summary["psnr_se"] >= self.psnr
+            return summary["psnr"] - (summary["psnr_se"] if confirm else 0.0) >= self.psnr
         return summary["speedup"] >= self.speedup
 
-    def met(self, summary: dict[str, Any]) -> bool:
+    def met(self, summary: dict[str, Any], confirm: bool = True) -> bool:
         """Passes, and reuses something: a setting that reused nothing is no setting of the method."""
-        return reuses(summary) and self.passes(summary)
+        return reuses(summary) and self.passes(summary, confirm)
 
     @property
     def gentle_side_ok(self) -> bool:
@@ -135,27 +139,27 @@ class Search:
     def ok(self, p: Point, indices: list[int]) -> bool:
         """Whether ``p`` is on the target's side (bisection: a gentle end that reuses nothing is)."""
         self.measure(p, indices)
-        s = p.summary(indices)
-        if self.target.met(s) and (self.best is None or self.rank(p) < self.rank(self.best)):
+        s, confirm = p.summary(indices), len(indices) == len(self.all)
+        if self.target.met(s, confirm) and (self.best is None or self.rank(p) < self.rank(self.best)):
             self.best = p
-        return self.target.passes(s)
+        return self.target.passes(s, confirm)
 
     def result(self, p: Point, indices: list[int]) -> Point | None:
-        return p if self.target.met(p.summary(indices)) else None
+        return p if self.target.met(p.summary(indices), len(indices) == len(self.all)) else None
 
-    def line(self, knob: Knob, line: Line) -> tuple[Point | None, float]:
-        """(the candidate of this line on the bracket prompts, the last bisection interval)."""
+    def line(self, knob: Knob, line: Line) -> Point | None:
+        """The candidate of this line on the bracket prompts (None: no setting of it meets the target)."""
         psnr_mode = self.target.gentle_side_ok
         gentle, wild = self.point(knob, line, 0.0), self.point(knob, line, 1.0)
         self.say(f"{knob.method} [{line.label}]: the two ends")
         if psnr_mode and self.ok(wild, self.bracket):
-            return self.result(wild, self.bracket), 1 / 2**ITERATIONS
+            return self.result(wild, self.bracket)
         if not psnr_mode and self.ok(gentle, self.bracket) and self.result(gentle, self.bracket):
-            return gentle, 1 / 2**ITERATIONS
+            return gentle
         if psnr_mode and not self.ok(gentle, self.bracket):
-            return None, 1.0
+            return None
         if not psnr_mode and not self.ok(wild, self.bracket):
-            return None, 1.0
+            return None
         good, bad = (0.0, 1.0) if psnr_mode else (1.0, 0.0)
         for _ in range(iterations(knob)):
             mid = (good + bad) / 2
@@ -167,7 +171,7 @@ class Search:
                 good = mid
             else:
                 bad = mid
-        return self.result(self.point(knob, line, good), self.bracket), abs(bad - good)
+        return self.result(self.point(knob, line, good), self.bracket)
 
     def rank(self, p: Point, every: bool = False) -> tuple:
         """Smaller is better: speed (PSNR target) or PSNR (speed target), on the bracket prompts or all."""
@@ -177,33 +181,45 @@ class Search:
     def run(self, knob: Knob) -> MethodResult:
         candidates = []
         for line in knob.lines:
-            p, width = self.line(knob, line)
+            p = self.line(knob, line)
             if p is not None:
-                candidates.append((p, width, line))
+                candidates.append((p, line))
         confirmed: list[Point] = []
-        for p, width, line in sorted(candidates, key=lambda c: self.rank(c[0])):
+        for p, line in sorted(candidates, key=lambda c: self.rank(c[0])):
             if confirmed and self.rank(confirmed[0], every=True) <= self.rank(p):
                 break  # what is confirmed is already faster than this line's candidate
-            q = self.confirm(knob, line, p.x, width)
+            q = self.confirm(knob, line)
             if q is not None:
                 confirmed = sorted([*confirmed, q], key=lambda c: self.rank(c, every=True))
         chosen = confirmed[0] if confirmed else None
         return MethodResult(knob.method, knob, chosen, list(self.points.values()), list(knob.notes))
 
-    def confirm(self, knob: Knob, line: Line, x: float, width: float) -> Point | None:
-        """The candidate at ``x`` on all the prompts, backing off toward the target's side on a miss."""
-        step = max(width, 1 / 2**ITERATIONS)
-        back = -1 if self.target.psnr is not None else 1
-        for _ in range(BACKOFFS + 1):
-            q = self.point(knob, line, min(1.0, max(0.0, x)))
+    def confirm(self, knob: Knob, line: Line) -> Point | None:
+        """The line's candidate on all the prompts; on a miss, the line's next settings that met the
+        target on the bracket prompts, fastest first (PSNR is not monotone in every knob: TeaCache's
+        schedules, AdaCache's adaptive lengths), then a bisection on all the prompts between the
+        gentle end and the gentlest setting that missed."""
+        passed = [p for p in self.points.values()
+                  if p.line == line.label and set(self.bracket) <= set(p.per_prompt)
+                  and self.target.met(p.summary(self.bracket), confirm=False)]
+        for q in sorted(passed, key=self.rank)[:BACKOFFS + 1]:
             self.say(f"{knob.method} [{line.label}]: confirm {q.label} on {len(self.all)} prompts")
-            if self.ok(q, self.all):
-                return self.result(q, self.all)
-            if (back < 0 and x <= 0) or (back > 0 and x >= 1):
-                return None
-            x += back * step
-            step *= 2
-        return None
+            if self.ok(q, self.all) and self.result(q, self.all):
+                return q
+            missed = q
+        if not passed:
+            return None
+        good, bad = (0.0 if self.target.psnr is not None else 1.0), missed.x
+        for _ in range(iterations(knob)):
+            p = self.point(knob, line, (good + bad) / 2)
+            if p is self.point(knob, line, good) or p is self.point(knob, line, bad):
+                break
+            self.say(f"{knob.method} [{line.label}]: {p.label} on {len(self.all)} prompts")
+            if self.ok(p, self.all):
+                good = p.x
+            else:
+                bad = p.x
+        return self.result(self.point(knob, line, good), self.all)
 
 
 def iterations(knob: Knob) -> int:

@@ -44,11 +44,13 @@ class TunePlan:
     overwrite: bool = False
 
     def estimate(self) -> int:
-        """Videos the search takes at most without backing off (references and timing included)."""
+        """About the videos the search takes when each method's first candidate confirms (references
+        and timing included); a miss adds the prompts outside the bracket for every setting confirmed."""
         t = len(self.base.jobs)
         b = min(BRACKET, t)
         per_line = (2 + ITERATIONS) * b
-        return t + 2 + sum(knobs.lines_of(m.method) * per_line + t + (m.method == "magcache") for m in self.methods)
+        return t + 2 + sum(knobs.lines_of(m.method) * per_line + (t - b) + (m.method == "magcache")
+                           for m in self.methods)
 
 
 def check_target(psnr: float | None, speedup: float | None) -> Target:
