@@ -16,6 +16,7 @@ import argparse
 import json
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -41,17 +42,19 @@ def main(argv: list[str] | None = None) -> int:
     from vidcache.video import to_uint8
 
     prompts = jobs.read_prompts(args.prompts, [])[: args.limit]
+    scratch = Path(tempfile.gettempdir())  # plan_run checks an --out folder; nothing is written there
     methods = args.methods.split(",")
     rows = []
     t0 = time.perf_counter()
     for steps in [int(s) for s in args.steps.split(",")]:
-        cfg = RunConfig(model=args.model, sets=list(args.sets), flags={"steps": steps})
+        cfg = RunConfig(model=args.model, sets=list(args.sets), flags={"steps": steps}, out=scratch)
         plan = plan_run(cfg, prompts)
         runner = Runner(plan)
         runner.load()
         refs = [to_uint8(runner.generate(job)[0]) / 255.0 for job in plan.jobs]
         for method in methods:
-            stated = plan_run(RunConfig(model=args.model, cache=method, sets=list(args.sets)), prompts).cache_params
+            stated = plan_run(RunConfig(model=args.model, cache=method, sets=list(args.sets), out=scratch),
+                              prompts).cache_params
             variants = {"stretched": stated}
             if args.as_given and stated.get("schedule_steps") not in (None, steps):
                 variants["as given"] = {**stated, "schedule_steps": steps}

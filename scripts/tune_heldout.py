@@ -27,6 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model", default="tiny")
     ap.add_argument("--out", type=Path, default=None, help="JSON file for the rows")
     args = ap.parse_args(argv)
+    args.refs.mkdir(parents=True, exist_ok=True)
 
     from vidcache import jobs, presets
     from vidcache.runner import RunConfig, plan_run
@@ -41,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
         by_settings.setdefault((t["steps"], t["frames"], t["height"], t["width"]), []).append(frag)
     for (steps, frames, height, width), frags in by_settings.items():
         flags = {"steps": steps, "frames": frames, "height": height, "width": width}
-        base = plan_run(RunConfig(model=args.model, flags=flags), prompts)
+        base = plan_run(RunConfig(model=args.model, flags=flags, out=args.refs), prompts)
         tuner = Tuner(TunePlan(base, [], Target(psnr=1.0), args.refs / "unused.toml", args.refs))
         tuner.store.open()
         tuner.runner.load()
@@ -53,8 +54,8 @@ def main(argv: list[str] | None = None) -> int:
                 for method, tuned in preset.tuned.items():
                     if not isinstance(tuned, dict):
                         continue
-                    params = plan_run(RunConfig(model=args.model, cache=method, preset_file=str(frag), flags=flags),
-                                      prompts).cache_params
+                    params = plan_run(RunConfig(model=args.model, cache=method, preset_file=str(frag), flags=flags,
+                                                out=args.refs), prompts).cache_params
                     point = Point(method, "", 0.0, params, "")
                     tuner.measure(point, indices)
                     s = point.summary()

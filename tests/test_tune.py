@@ -45,7 +45,7 @@ def tuned(tmp_path_factory):
     return out, json.loads(r.stdout)
 
 
-def _psnr_of(fragment, method: str) -> list[float]:
+def _psnr_of(fragment, method: str, out) -> list[float]:
     """The method of ``fragment`` rendered by plain runner calls, against uncached renders."""
     from vidcache import jobs, metrics
     from vidcache.runner import RunConfig, Runner, plan_run
@@ -53,7 +53,8 @@ def _psnr_of(fragment, method: str) -> list[float]:
 
     prompts = jobs.read_prompts(None, PROMPTS[1::2])
     flags = {"frames": 9, "height": 64, "width": 64, "steps": 10}
-    runner = Runner(plan_run(RunConfig(model="tiny", cache=method, preset_file=str(fragment), flags=flags), prompts))
+    cfg = RunConfig(model="tiny", cache=method, preset_file=str(fragment), flags=flags, out=out)
+    runner = Runner(plan_run(cfg, prompts))
     runner.load()
     try:
         out = []
@@ -68,7 +69,7 @@ def _psnr_of(fragment, method: str) -> list[float]:
         runner.close()
 
 
-def test_chosen_points_meet_the_target_on_the_tuning_prompts(tuned):
+def test_chosen_points_meet_the_target_on_the_tuning_prompts(tuned, tmp_path):
     """The fragment loads as a preset, and each method's table, rendered anew, meets the target."""
     from vidcache import caches, presets
 
@@ -77,7 +78,7 @@ def test_chosen_points_meet_the_target_on_the_tuning_prompts(tuned):
     assert preset.tuned["target_psnr"] == TARGET and preset.tuned["steps"] == 10
     assert set(preset.methods) == {"teacache", "pab"} == {m for m, v in summary["methods"].items() if v["met"]}
     for method in ("teacache", "pab"):
-        psnr = _psnr_of(out, method)
+        psnr = _psnr_of(out, method, tmp_path)
         assert sum(psnr) / len(psnr) - preset.tuned[method]["psnr_se"] >= TARGET - 0.01
         assert sum(psnr) / len(psnr) == pytest.approx(preset.tuned[method]["psnr"], abs=0.01)
         chosen = summary["methods"][method]["chosen"]
@@ -197,7 +198,7 @@ def _auto_plan(tmp_path, quality=None, text=FRAGMENT, **flags):
 
     path = tmp_path / "tuned.toml"
     path.write_text(text)
-    cfg = RunConfig(model="tiny", cache="auto", quality=quality, preset_file=str(path), flags=flags)
+    cfg = RunConfig(model="tiny", cache="auto", quality=quality, preset_file=str(path), flags=flags, out=tmp_path)
     return plan_run(cfg, [Prompt("a red ball", {}, "test")])
 
 
@@ -250,7 +251,7 @@ def test_gen_cache_auto_renders_with_the_tuned_choice(tuned, tmp_path):
     r = invoke("gen", *SMALL, "-p", "a blue square moving down", "--cache", "auto", "--preset", out, "-o",
                tmp_path / "gen", "--json")
     assert r.exit_code == 0, r.output
-    report = json.loads(next((tmp_path / "gen").glob("0*.json")).read_text())
+    report = json.loads(next((tmp_path / "gen").glob("a-blue-square-*.json")).read_text())
     met = {m: v["chosen"] for m, v in summary["methods"].items() if v["met"]}  # all at >= the file's target
     assert report["cache"]["method"] == min(met, key=lambda m: speed_key(met[m]))
     r = invoke("gen", *SMALL, "-p", "x", "--cache", "teacache", "--quality", 30, "-o", tmp_path / "g2")
@@ -283,7 +284,7 @@ def test_counts_follow_the_steps_of_the_run(tmp_path):
         r = invoke("gen", "--model", "tiny", "--frames", "5", "--height", "32", "--width", "32", "--steps", steps,
                    "-p", "a blue square moving down", "--cache", "pab", "-o", tmp_path / str(steps))
         assert r.exit_code == 0, r.output
-        report = json.loads(next((tmp_path / str(steps)).glob("0*.json")).read_text())
+        report = json.loads(next((tmp_path / str(steps)).glob("a-blue-square-*.json")).read_text())
         params, per_step = report["cache"]["params"], report["cache"]["stats"]["per_step"]
         assert params["schedule_steps"] == 25
         lo, hi = params["spatial_window"]

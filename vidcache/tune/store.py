@@ -1,8 +1,8 @@
 """What ``vidcache tune`` keeps on disk between runs: the uncached references and the measured points.
 
 References. Every (prompt, seed, settings) is generated uncached once and kept as
-``<refs>/<key>.safetensors``, ``key`` being ``Job.key`` of the uncached job (with the job's name
-left out, so a prompt's reference is found whatever its place in the prompt file) over the model,
+``<refs>/<key>.safetensors``, ``key`` being ``Job.key`` of the uncached job (which leaves out the
+job's name and position: a prompt's reference is found whatever its place in the prompt file) over the model,
 the requested and the resolved dtype, the device and the attention backend: anything that changes
 the pixels changes the key. What is stored is the **decoded video as uint8** (T, H, W, 3), not the
 latents, because quality is measured on decoded frames (what ``vidcache bench`` and a viewer see):
@@ -24,7 +24,7 @@ more methods) measures only what is missing.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -51,9 +51,9 @@ class Reference:
 
 
 def job_key(job: Any, context: dict[str, Any]) -> str:
-    """``Job.key`` without the job's name and position: the same prompt, seed and settings give the
-    same key in any prompt file."""
-    return replace(job, name="", index=0).key(context)
+    """``Job.key``, which leaves out the job's name and position: the same prompt, seed and settings
+    give the same key in any prompt file."""
+    return job.key(context)
 
 
 class Store:

@@ -86,6 +86,7 @@ def plan_tune(cfg: RunConfig, prompts: list[Any], methods: str, target: Target, 
         raise UsageError(f"-o {out}: no such folder {out.parent}")
     specs = parse_methods(methods)
     sets = sets_by_method(cfg.sets, specs)
+    cfg = replace(cfg, out=out.parent)  # plan_run checks its --out: OUT's folder, which exists (nothing lands there)
     base = plan_run(replace(cfg, cache="none", sets=sets[None]), prompts)
     plans = []
     for spec in specs:
