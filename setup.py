@@ -7,5 +7,6 @@ from setuptools import find_packages, setup
 setup(
     packages=find_packages(include=["vidcache", "vidcache.*"]) + ["vidcache.presets"],
     package_dir={"vidcache.presets": "presets"},
-    package_data={"vidcache": ["assets/**/*"], "vidcache.presets": ["*.toml"]},
+    package_data={"vidcache": ["assets/**/*"], "vidcache.presets": ["*.toml"],
+                  "vidcache.page": ["*.html", "*.css", "*.js"]},  # the report page's template
 )

@@ -1,8 +1,10 @@
 #!/usr/bin/env python
-"""vidcache on one GPU: seconds per forward, hook overhead, attention backends and the speedup of
-every schedule-driven cache over a real 50-step timeline, at real model sizes, in under 8 minutes.
+"""vidcache on one GPU: seconds per forward, hook overhead, attention backends, quantization and
+compiled kernels, and the speedup of every schedule-driven cache over a real 50-step timeline, at real
+model sizes, within a time budget.
 
     python scripts/bench_gpu.py                # one CUDA GPU; JSON lines on stdout, progress on stderr
+    python scripts/bench_gpu.py --parts kernels --budget-s 480   # only the kernel rows (a 10-minute slot)
     python scripts/bench_gpu.py --small        # the same code, tiny configs, on CPU in seconds (tests)
 
 Why a script and not `vidcache bench`: the bench renders whole videos from real checkpoints and
@@ -37,9 +39,21 @@ CogVideoX-5B, HunyuanVideo at a reduced frame count):
   (``torch.cuda.set_sync_debug_mode``), uncached included.
 * ``memory``: ``vidcache.memory``'s cache estimate of every method at the model's real size, and
   in timeline rows the estimate next to the measured ``cache.stats.memory_bytes``.
+* ``kernel`` (part ``kernels``): seconds per forward, TFLOP/s (the same matmul FLOP count, so fp8
+  rows are bf16-equivalent throughput) and ``peak_fraction`` of the card's bf16 dense peak, for each
+  of bf16 / fp8 (``vidcache.quantize``; int8 weight-only on a CPU) x default SDPA / Sage x eager /
+  compiled (``vidcache.compile``, inductor), with ``psnr_db`` and ``rel_l2`` of its output against
+  bf16 SDPA eager on the same random-weight forward (PSNR with the reference's peak-to-peak range as
+  the peak): the numeric cost. Both weight sets stay loaded and are swapped in place. A configuration
+  vidcache refuses here (fp8 below compute capability 8.9, Sage without SageAttention 2.1.1+, on
+  HunyuanVideo or on one-process CogVideoX) is a ``skipped`` row with vidcache's own message. Then
+  ``stack`` rows: the timeline size's 50 steps for bf16 SDPA eager uncached, the fastest configuration
+  uncached, and TeaCache / AdaCache (forced schedule, as above) on top of it.
 
-A time budget (``--budget-s``, default 450 s) guards the 8 minutes: a measurement whose estimated
-time does not fit is skipped with a ``skipped`` row, never half-run.
+A time budget (``--budget-s``, default 450 s) guards the run: a measurement whose estimated time
+does not fit is skipped with a ``skipped`` row, never half-run (a compiled configuration counts the
+longest compilation measured so far, 120 s before the first). ``--parts`` picks the parts (default
+all); ``--models`` the cases, in the order of ``CASES``.
 """
 
 from __future__ import annotations
@@ -49,6 +63,7 @@ import gc
 import inspect
 import itertools
 import json
+import math
 import statistics
 import sys
 import time
@@ -112,6 +127,7 @@ class Case:
     overhead_methods: tuple[str, ...] | None = None  # None: all of SCHEDULE_METHODS
     timeline_methods: tuple[str, ...] | None = None  # None: all, plus diffusers' PAB and FasterCache
     attention: bool = False  # time the attention backends too
+    kernel_compile: bool = True  # the kernel rows' compiled configurations too
     forward_reps: int = 3
     overhead_rounds: int = 2
     overhead_steps: int = 2
@@ -137,12 +153,12 @@ SMALL_CASES = [
     Case("wan-small", "wan", "WanTransformer3DModel", _WAN_TINY, "wan", (9, 64, 64), (9, 64, 64), 16, attention=True,
          **_QUICK),
     Case("cogvideox-small", "cogvideox", "CogVideoXTransformer3DModel", _COG_TINY, "cogvideox-5b",
-         (9, 64, 64), (9, 64, 64), 16, overhead_methods=("pab", "teacache"), **_QUICK),
+         (9, 64, 64), (9, 64, 64), 16, overhead_methods=("pab", "teacache"), kernel_compile=False, **_QUICK),
     Case("hunyuan-small", "hunyuan", "HunyuanVideoTransformer3DModel", _HUNYUAN_TINY, "hunyuan",
-         (9, 64, 64), (9, 64, 64), 32, overhead_methods=("pab",), **_QUICK,
+         (9, 64, 64), (9, 64, 64), 32, overhead_methods=("pab",), kernel_compile=False, **_QUICK,
          timeline_methods=("pab", "fastercache", "teacache", "diffusers-pab")),
     Case("wan-14b-small", "wan", "WanTransformer3DModel", {**_WAN_TINY, "num_layers": 3}, "wan-14b",
-         (9, 64, 64), (9, 64, 64), 16, overhead_methods=("pab",), **_QUICK,
+         (9, 64, 64), (9, 64, 64), 16, overhead_methods=("pab",), kernel_compile=False, **_QUICK,
          timeline_methods=("pab", "fastercache", "teacache", "diffusers-pab")),
 ]
 
@@ -150,11 +166,27 @@ SMALL_CASES = [
 # -- plumbing ------------------------------------------------------------------------------------
 
 
+# bf16 dense tensor-core peak (TFLOP/s, no sparsity) of cards the kernel rows may run on; the rows
+# give ``peak_fraction`` (effective TFLOP/s over this) where the card is listed
+BF16_PEAK_TFLOPS = (("H100 PCIe", 756.0), ("H100", 989.4), ("H200", 989.4), ("H800", 989.4), ("H20", 148.0),
+                    ("A100", 312.0), ("L40S", 362.1), ("L4", 121.0), ("B200", 2250.0))
+PARTS = ("forward", "kernels", "timeline")
+
+
+def bf16_peak(name: str) -> float | None:
+    return next((peak for key, peak in BF16_PEAK_TFLOPS if key in name), None)
+
+
 class Bench:
-    def __init__(self, device: str, dtype: torch.dtype, budget_s: float, steps: int):
-        self.device, self.dtype, self.steps = device, dtype, steps
+    def __init__(self, device: str, dtype: torch.dtype, budget_s: float, steps: int,
+                 parts: tuple[str, ...] = PARTS, compile_backend: str = "inductor", small: bool = False):
+        self.device, self.dtype, self.steps, self.small = device, dtype, steps, small
         self.start = time.perf_counter()
         self.budget_s = budget_s
+        self.parts = parts
+        self.compile_options = {"backend": compile_backend}
+        self.compile_s: list[float] = []  # first calls of compiled configurations, as measured
+        self.peak = bf16_peak(torch.cuda.get_device_name()) if device == "cuda" else None
 
     def now(self) -> float:
         if self.device == "cuda":
@@ -166,6 +198,10 @@ class Bench:
 
     def fits(self, seconds: float) -> bool:
         return seconds < self.left()
+
+    def compile_guess(self) -> float:
+        """What a compilation will take: the longest measured so far, else a generous guess."""
+        return max(self.compile_s) if self.compile_s else (120.0 if self.device == "cuda" else 15.0)
 
 
 def emit(row: dict[str, Any]) -> None:
@@ -275,20 +311,30 @@ class Timeline:
         self.schedule_tensor = self.schedule_tensor.clone()
         self.pipe.scheduler.timesteps = self.schedule_tensor
 
-    def step(self, i: int) -> None:
-        tr, inp, n = self.tr, self.inputs, len(self.ts)
-        self.current["t"] = self.ts[i]
+    def calls(self, i: int) -> list[tuple[str, dict[str, Any], dict[str, Any]]]:
+        """Step ``i``'s transformer calls as its pipeline makes them: (cache context, its kwargs, call kwargs)."""
+        inp, n = self.inputs, len(self.ts)
         t = self.schedule_tensor[i]
         if self.case.family == "wan":
-            for name, enc in (("cond", inp.cond), ("uncond", inp.uncond)):
-                with tr.cache_context(name, step_index=i, num_inference_steps=n):
-                    tr(timestep=t.expand(1), encoder_hidden_states=enc, return_dict=False, **inp.kwargs)
-        elif self.case.family == "cogvideox":
-            with tr.cache_context("cond_uncond"):
-                tr(timestep=t.expand(2), return_dict=False, **inp.kwargs)
-        else:
-            with tr.cache_context("cond"):
-                tr(timestep=t.expand(1), return_dict=False, **inp.kwargs)
+            return [(name, {"step_index": i, "num_inference_steps": n},
+                     {"timestep": t.expand(1), "encoder_hidden_states": enc, **inp.kwargs})
+                    for name, enc in (("cond", inp.cond), ("uncond", inp.uncond))]
+        if self.case.family == "cogvideox":
+            return [("cond_uncond", {}, {"timestep": t.expand(2), **inp.kwargs})]
+        return [("cond", {}, {"timestep": t.expand(1), **inp.kwargs})]
+
+    def step(self, i: int) -> None:
+        self.current["t"] = self.ts[i]
+        for name, context, kwargs in self.calls(i):
+            with self.tr.cache_context(name, **context):
+                self.tr(return_dict=False, **kwargs)
+
+    def output(self, i: int = 0) -> torch.Tensor:
+        """The first forward of step ``i`` (Wan: the cond branch) in fp32, for numeric comparisons."""
+        self.current["t"] = self.ts[i]
+        name, context, kwargs = self.calls(i)[0]
+        with torch.inference_mode(), self.tr.cache_context(name, **context):
+            return self.tr(return_dict=False, **kwargs)[0].float()
 
     def run(self, limit: int | None = None) -> tuple[float, int]:
         """Seconds for the timeline and the host syncs it made (CUDA sync debug mode)."""
@@ -417,17 +463,30 @@ def estimate(case: Case, method: str, params: dict[str, Any], shape, size: tuple
 
 
 def bench_case(case: Case, b: Bench, methods: tuple[str, ...]) -> None:
-    import vidcache.caches as caches
-    from vidcache.caches import apply_cache, cache_stats, remove_cache, reset_cache
-
     log(f"{case.name}: building")
     t0 = time.perf_counter()
     tr = build(case, b)
     n_params = sum(p.numel() for p in tr.parameters())
     emit({"kind": "model", "model": case.name, "params": n_params, "build_s": round(time.perf_counter() - t0, 2)})
     ts = timesteps(case, b.steps, b)
+    if "forward" in b.parts:
+        bench_forward(case, tr, b, methods, ts)
+    if "kernels" in b.parts:
+        bench_kernels(case, tr, b, ts)
+    if "timeline" in b.parts:
+        bench_timeline(case, tr, b, methods, ts)
+    del tr
+    gc.collect()
+    if b.device == "cuda":
+        torch.cuda.empty_cache()
 
-    # -- seconds per forward at the real size, and the hook overhead -------------------------------
+
+def bench_forward(case: Case, tr: torch.nn.Module, b: Bench, methods: tuple[str, ...], ts: list[float]) -> None:
+    """Seconds per forward at the real size, the cache memory estimates, the hook overhead and the
+    attention backends."""
+    import vidcache.caches as caches
+    from vidcache.caches import apply_cache, cache_stats, remove_cache, reset_cache
+
     full = Timeline(case, tr, make_inputs(case, tr, case.size, b), ts, b)
     shape = model_shape(case, tr, full)
     for m in methods:
@@ -477,13 +536,17 @@ def bench_case(case: Case, b: Bench, methods: tuple[str, ...]) -> None:
     elif over:
         emit({"kind": "skipped", "model": case.name, "what": "overhead", "reason": "time budget"})
 
-    # -- attention backends -------------------------------------------------------------------------
     if case.attention:
         bench_attention(case, tr, full, b, fwd_s)
     del full
     gc.collect()
 
-    # -- the 50-step timeline ----------------------------------------------------------------------
+
+def bench_timeline(case: Case, tr: torch.nn.Module, b: Bench, methods: tuple[str, ...], ts: list[float]) -> None:
+    """Every cache over the 50-step timeline, with diffusers' PAB and FasterCache beside them."""
+    from vidcache.caches import remove_cache
+
+    per_step = forwards_per_step(case)
     tl = Timeline(case, tr, make_inputs(case, tr, case.timeline_size, b), ts, b)
     shape = model_shape(case, tr, tl)
     tl.run(limit=1)  # warm-up at this size
@@ -512,20 +575,12 @@ def bench_case(case: Case, b: Bench, methods: tuple[str, ...]) -> None:
                 params = enable_diffusers(case, tr, m, tl)
             else:
                 row["impl"] = "vidcache"
-                params = apply_cache(tl.pipe, m, params=preset_params(case, m))
-                if m in FORCED:
-                    undo = force(tr, m, schedule)
-                    row["forced"] = undo is not None
-                    if undo is not None:
-                        row["forced_compute_fraction"] = sum(schedule) / len(schedule)
-                reset_cache(tl.pipe)
+                params, undo, fields = attach_vidcache(case, tr, tl, m, schedule)
+                row.update(fields)
             seconds, syncs = tl.run()
             row.update(seconds=seconds, speedup=base_s / seconds, host_syncs=syncs, params=params)
             if row["impl"] == "vidcache":
-                st = cache_stats(tl.pipe)
-                row.update(compute_ratio=st["compute_ratio"], attention_compute_ratio=st["attention_compute_ratio"],
-                           cache_memory_bytes=st["memory_bytes"],
-                           estimate_bytes=estimate(case, m, params, shape, case.timeline_size))
+                row.update(cache_fields(tl), estimate_bytes=estimate(case, m, params, shape, case.timeline_size))
         except Exception as err:  # noqa: BLE001 - e.g. diffusers' FasterCache on Wan's separate CFG forwards
             row["error"] = short_error(err)
         finally:
@@ -538,10 +593,220 @@ def bench_case(case: Case, b: Bench, methods: tuple[str, ...]) -> None:
                 except Exception:  # noqa: BLE001, S110 - nothing of diffusers' was enabled
                     pass
         emit(row)
-    del tl, tr
+    del tl
     gc.collect()
-    if b.device == "cuda":
-        torch.cuda.empty_cache()
+
+
+# -- quantization x attention kernel x compile (--parts kernels) --------------------------------------
+
+BASE = ("none", "native", False)  # (quantize, attention backend, compiled): bf16 SDPA eager
+STACK_METHODS = ("teacache", "adacache")
+
+
+def kernel_quantization(b: Bench) -> str:
+    """fp8 on a GPU; on a CPU, where fp8 is refused, int8 weight-only runs the same rows."""
+    return "fp8" if b.device == "cuda" else "int8"
+
+
+def unusable(case: Case, b: Bench) -> dict[str, str | None]:
+    """Why the quantization mode or Sage cannot run here (vidcache's own refusals), None if they can."""
+    from vidcache.errors import UsageError
+    from vidcache.loading import check_attention
+    from vidcache.models import adapter_named
+    from vidcache.quantize import check_quantize
+
+    reasons: dict[str, str | None] = {}
+    for what, check in ((kernel_quantization(b), lambda: check_quantize(kernel_quantization(b), b.device)),
+                        ("sage", lambda: check_attention("sage", b.device, adapter_named(case.family), b.dtype))):
+        try:
+            check()
+            reasons[what] = None
+        except UsageError as err:
+            reasons[what] = str(err)
+    return reasons
+
+
+def numerics(ref: torch.Tensor, out: torch.Tensor) -> dict[str, float]:
+    """PSNR against ``ref`` with ``ref``'s peak-to-peak range as the peak, and the relative L2 error."""
+    mse = float(torch.mean((out - ref) ** 2))
+    peak = float(ref.max() - ref.min())
+    return {"psnr_db": 10 * math.log10(peak**2 / mse) if mse > 0 else float("inf"),
+            "rel_l2": float(torch.linalg.vector_norm(out - ref) / torch.linalg.vector_norm(ref))}
+
+
+class Kernels:
+    """One transformer in every (quantization, attention backend, compiled) configuration: both weight
+    sets stay loaded and are swapped in place (vidcache.quantize), the backend is diffusers' own."""
+
+    def __init__(self, case: Case, tr: torch.nn.Module, b: Bench):
+        from vidcache.quantize import quantize_pipeline
+
+        self.case, self.tr, self.b = case, tr, b
+        self.mode = kernel_quantization(b)
+        self.reasons = unusable(case, b)
+        self.weights = None
+        if self.reasons[self.mode] is None:
+            t0 = time.perf_counter()
+            self.weights = quantize_pipeline(tr, self.mode, keep_original=True)
+            emit({"kind": "quantize", "model": case.name, "mode": self.mode, "layers": len(self.weights.layers),
+                  "skipped": self.weights.skipped, "seconds": round(time.perf_counter() - t0, 2)})
+        self.set(*BASE)
+
+    def configs(self) -> list[tuple[str, str, bool]]:
+        return [(q, a, c) for q in ("none", self.mode) for a in ("native", "sage") for c in (False, True)]
+
+    def why_not(self, quant: str, attention: str) -> str | None:
+        return (self.reasons[self.mode] if quant != "none" else None) or (
+            self.reasons["sage"] if attention == "sage" else None)
+
+    def set(self, quant: str, attention: str, compiled: bool) -> None:
+        from vidcache.compile import compile_transformer, uncompile_transformer
+
+        if self.weights is not None:
+            self.weights.use(quant != "none")
+        self.tr.set_attention_backend(attention)
+        if compiled:
+            compile_transformer(self.tr, **self.b.compile_options)
+        else:
+            uncompile_transformer(self.tr)
+
+    def close(self) -> None:
+        self.set(*BASE)
+        self.weights = None
+        torch._dynamo.reset()  # the next model's blocks must not inherit these guards
+
+
+def bench_kernels(case: Case, tr: torch.nn.Module, b: Bench, ts: list[float]) -> None:
+    """Seconds per forward and TFLOP/s at the real size for bf16 / fp8 (CPU: int8) x SDPA / Sage x
+    eager / compiled, each with its numeric cost against bf16 SDPA eager on the same random-weight
+    forward; then the 50-step timeline with TeaCache and AdaCache on top of the fastest."""
+    k = Kernels(case, tr, b)
+    full = Timeline(case, tr, make_inputs(case, tr, case.size, b), ts, b)
+    flops = matmul_flops(case, tr, full.inputs)
+    per_step = forwards_per_step(case)
+    ref = full.output()
+    measured: dict[tuple[str, str, bool], float] = {}
+    fwd_s = None
+    try:
+        for config in k.configs():
+            quant, attention, compiled = config
+            row = {"kind": "kernel", "model": case.name, "size": list(case.size), "tokens": full.inputs.tokens,
+                   "quantize": quant, "attention": attention, "compile": compiled}
+            reason = k.why_not(quant, attention) or (None if case.kernel_compile or not compiled else
+                                                     "compiled rows off for this case (--small: one case compiles)")
+            need = 0.0 if fwd_s is None else (case.forward_reps + 2) * fwd_s * per_step * 1.2
+            if compiled:
+                need += b.compile_guess()
+            if reason is None and not b.fits(need):
+                reason = "time budget"
+            if reason is not None:
+                emit({**row, "kind": "skipped", "what": "kernel", "reason": reason})
+                continue
+            try:
+                k.set(*config)
+                t0 = b.now()
+                full.run(limit=1)  # warm-up; compiles a compiled configuration
+                first = b.now() - t0
+                seconds = statistics.median(full.run(limit=1)[0] / per_step for _ in range(case.forward_reps))
+                if compiled:
+                    b.compile_s.append(first)
+                fwd_s = fwd_s or seconds
+                measured[config] = seconds
+                row.update(seconds=seconds, tflops=flops / seconds / 1e12, first_call_s=first, reps=case.forward_reps,
+                           speedup=measured[BASE] / seconds if BASE in measured else None)
+                if b.peak:
+                    row["peak_fraction"] = row["tflops"] / b.peak
+                if config != BASE:
+                    row.update(numerics(ref, full.output()))
+            except Exception as err:  # noqa: BLE001 - a configuration that cannot run here is a row
+                row["error"] = short_error(err)
+            emit(row)
+        del full
+        gc.collect()
+        if measured:
+            # --small: the most stacked configuration measured, so that the CPU test runs every piece
+            # under the caches (tiny timings say nothing about which is fastest)
+            stacked = max(measured, key=lambda c: (c[0] != "none", c[2]))
+            bench_stack(case, tr, b, ts, k, stacked if b.small else min(measured, key=measured.get))
+    finally:
+        k.close()
+
+
+def bench_stack(case: Case, tr: torch.nn.Module, b: Bench, ts: list[float], k: Kernels,
+                fastest: tuple[str, str, bool]) -> None:
+    """The 50-step timeline (timeline size): bf16 SDPA eager uncached, the fastest configuration
+    uncached, and TeaCache / AdaCache (forced schedule, as in the timeline rows) on the fastest."""
+    from vidcache.caches import METHOD_NAMES, remove_cache, reset_cache
+    from vidcache.compile import compile_transformer
+
+    tl = Timeline(case, tr, make_inputs(case, tr, case.timeline_size, b), ts, b)
+    common = {"kind": "stack", "model": case.name, "size": list(case.timeline_size), "tokens": tl.inputs.tokens,
+              "steps": len(ts)}
+    labels = dict(zip(("quantize", "attention", "compile"), fastest))
+    k.set(*BASE)
+    tl.run(limit=1)
+    one = tl.run(limit=1)[0]
+    if not b.fits(one * len(ts) * 2.5 + (b.compile_guess() if fastest[2] else 0.0)):
+        emit({**common, "kind": "skipped", "what": "stack", "reason": "time budget"})
+        return
+    base_s = tl.run()[0]
+    emit({**common, "method": "none", "quantize": "none", "attention": "native", "compile": False,
+          "seconds": base_s, "speedup": 1.0})
+    k.set(*fastest)
+    tl.run(limit=2)  # warm-up at this size (a compiled configuration recompiles for the new shape)
+    fast_s = tl.run()[0]
+    emit({**common, "method": "none", **labels, "seconds": fast_s, "speedup": base_s / fast_s})
+    schedule = forced_schedule(len(ts))
+    for m in STACK_METHODS:
+        if m not in METHOD_NAMES:
+            continue
+        row = {**common, "method": m, **labels}
+        if not b.fits(fast_s * 1.5):
+            emit({**row, "kind": "skipped", "what": "stack", "reason": "time budget"})
+            continue
+        undo = None
+        try:
+            params, undo, fields = attach_vidcache(case, tr, tl, m, schedule)
+            if fastest[2]:
+                compile_transformer(tr, **b.compile_options)  # the compiled regions follow the hooks
+            tl.run(limit=2)
+            reset_cache(tl.pipe)
+            seconds = tl.run()[0]
+            row.update({**fields, **cache_fields(tl)}, seconds=seconds, speedup=base_s / seconds,
+                       speedup_over_fastest=fast_s / seconds, params=params)
+        except Exception as err:  # noqa: BLE001 - one method's failure is a row
+            row["error"] = short_error(err)
+        finally:
+            if undo is not None:
+                undo()
+            remove_cache(tl.pipe)
+            k.set(*fastest)
+        emit(row)
+
+
+def attach_vidcache(case: Case, tr: torch.nn.Module, tl: Timeline, method: str,
+                    schedule: list[bool]) -> tuple[dict[str, Any], Callable[[], None] | None, dict[str, Any]]:
+    """vidcache's ``method`` with its preset on the timeline's transformer, the adaptive ones on the
+    forced ``schedule``; returns (effective params, the undo of the forcing or None, row fields)."""
+    from vidcache.caches import apply_cache, reset_cache
+
+    params = apply_cache(tl.pipe, method, params=preset_params(case, method))
+    undo, fields = None, {}
+    if method in FORCED:
+        undo = force(tr, method, schedule)
+        fields["forced"] = undo is not None
+        if undo is not None:
+            fields["forced_compute_fraction"] = sum(schedule) / len(schedule)
+    reset_cache(tl.pipe)
+    return params, undo, fields
+
+
+def cache_fields(tl: Timeline) -> dict[str, Any]:
+    from vidcache.caches import cache_stats
+
+    st = cache_stats(tl.pipe)
+    return {"compute_ratio": st["compute_ratio"], "attention_compute_ratio": st["attention_compute_ratio"],
+            "cache_memory_bytes": st["memory_bytes"]}
 
 
 def enable_diffusers(case: Case, tr: torch.nn.Module, method: str, tl: Timeline) -> dict[str, Any]:
@@ -608,6 +873,15 @@ def bench_attention(case: Case, tr: torch.nn.Module, full: Timeline, b: Bench, f
     tr.set_attention_backend("native")
 
 
+def _version_of(package: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return None
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -616,7 +890,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--methods", help="comma-separated vidcache methods (default: the registered schedule-driven ones)")
     ap.add_argument("--steps", type=int, default=50, help="scheduler steps of the timeline (default 50)")
     ap.add_argument("--budget-s", type=float, default=450.0, help="stop starting measurements after this (default 450)")
+    ap.add_argument("--parts", default=",".join(PARTS),
+                    help="comma-separated: forward (per-forward, overhead, attention backends), kernels "
+                         "(quantization x attention x compile, the fastest under TeaCache / AdaCache), timeline "
+                         f"(every cache over the 50 steps); default {','.join(PARTS)}")
+    ap.add_argument("--compile-backend", help="torch.compile backend of the compiled kernel rows (default inductor; "
+                                              "--small: aot_eager, which traces what inductor would, no codegen)")
     args = ap.parse_args(argv)
+    parts = tuple(x for x in args.parts.split(",") if x)
+    if not parts or set(parts) - set(PARTS):
+        log(f"--parts {args.parts}: expected a comma-separated subset of {','.join(PARTS)}")
+        return 2
 
     import diffusers
 
@@ -642,10 +926,19 @@ def main(argv: list[str] | None = None) -> int:
     methods = registered()
     if args.methods:
         methods = tuple(m for m in args.methods.split(",") if m in methods)
-    b = Bench(device, dtype, args.budget_s, args.steps)
+    backend = args.compile_backend or ("aot_eager" if args.small else "inductor")
+    b = Bench(device, dtype, args.budget_s, args.steps, parts, backend, small=args.small)
+    # the kernel rows compile one block class under several weight types and backends, and each
+    # model's blocks again: past torch's default of 8 recompiles a function would silently run eager
+    torch._dynamo.config.recompile_limit = 64
+    from vidcache.quantize import torchao_version
+
     emit({"kind": "env", "device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
-          "torch": torch.__version__, "diffusers": diffusers.__version__, "dtype": str(dtype).removeprefix("torch."),
-          "small": args.small, "methods": list(methods), "steps": args.steps, "budget_s": args.budget_s})
+          "capability": list(torch.cuda.get_device_capability()) if device == "cuda" else None,
+          "bf16_peak_tflops": b.peak, "torch": torch.__version__, "diffusers": diffusers.__version__,
+          "torchao": torchao_version(), "sageattention": _version_of("sageattention"),
+          "dtype": str(dtype).removeprefix("torch."), "small": args.small, "methods": list(methods),
+          "steps": args.steps, "budget_s": args.budget_s, "parts": list(parts), "compile_backend": backend})
     for case in cases:
         if b.left() <= 0:
             emit({"kind": "skipped", "model": case.name, "what": "model", "reason": "time budget"})

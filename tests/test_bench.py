@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from typer.testing import CliRunner
 
 from vidcache.caches import METHOD_NAMES
@@ -68,3 +69,26 @@ def test_bench_quality_finds_the_broken_frame():
     summary = bench.psnr_summary(samples)
     assert summary["psnr_min"] == q["psnr"] and summary["psnr_median"] == q["psnr"] + 3
     assert summary["worst_frame_min"] == q["worst_frame"] and len(summary["per_prompt"]) == 2
+
+
+def test_bench_quantized_rows_against_the_unquantized_baseline(tiny_dirs, tmp_path):
+    """METHOD@int8 rows: the cache on int8 weights, and none@int8 (quantization alone), each paired with
+    and measured against the unquantized uncached video; the table gains a quantize column."""
+    pytest.importorskip("torchao", reason="the 'quant' extra (torchao) is not installed")
+    out = tmp_path / "bench"
+    r = CliRunner().invoke(app, [
+        "bench", "--model", tiny_dirs["wan"], "--caches", "pab,pab@int8,none@int8", "-p", "a red ball", "--repeat", "1",
+        "--out", str(out), "--frames", "9", "--height", "64", "--width", "64", "--steps", "6",
+        "--set", "defaults.text_len=16", "--json"])
+    assert r.exit_code == 0, r.output
+    rows = json.loads((out / "bench.json").read_text())
+    assert [(row["method"], row["quantize"]) for row in rows] == [
+        ("none", "none"), ("pab", "none"), ("pab", "int8"), ("none", "int8")]
+    plain, quantized, alone = rows[1:]
+    assert alone["preset"] == "-" and alone["compute_ratio"] == 1.0 and alone["pairs"] == 1
+    assert quantized["compute_ratio"] == plain["compute_ratio"]
+    # int8 is lossy but close on this random tiny model (measured about 84 dB; identical videos score 100)
+    assert 40 < alone["psnr"] < 99 and quantized["psnr"] > 40 and alone["speedup"] > 0
+    md = (out / "bench.md").read_text()
+    assert md.startswith("| method | preset | quantize | speedup |") and "| pab | default | int8 |" in md
+    assert "measured against the same unquantized uncached video" in md

@@ -386,9 +386,12 @@ def test_presets_load_apply_and_run(pipes):
 # real scheduler: the same share of steps as the official CogVideoX window (steps 8-44 of 50).
 PAB_STEPS = {"tiny": (4, 22, 25), "wan": (8, 44, 50), "wan-14b": (8, 44, 50),
              "wan2.2-ti2v-5b": (8, 44, 50), "wan2.2-t2v-a14b": (6, 35, 40),
-             "hunyuan": (8, 44, 50), "cogvideox": (8, 44, 50), "cogvideox-5b": (8, 44, 50)}
+             "hunyuan": (8, 44, 50), "cogvideox": (8, 44, 50), "cogvideox-5b": (8, 44, 50),
+             "wan-i2v": (8, 44, 50), "wan-i2v-720p": (8, 44, 50), "wan2.2-i2v-a14b": (6, 35, 40),
+             "cogvideox-5b-i2v": (8, 44, 50),
+             "hunyuan-i2v": (8, 44, 50), "hunyuan15": (8, 44, 50), "hunyuan15-i2v": (8, 44, 50)}
 # first step of FasterCache's attention reuse / CFG-Cache (the official CogVideoX script: 17 and 17 of 50)
-FC_STEPS = {"tiny": (8, 8), "wan2.2-t2v-a14b": (14, 14)}
+FC_STEPS = {"tiny": (8, 8), "wan2.2-t2v-a14b": (14, 14), "wan2.2-i2v-a14b": (14, 14)}
 
 
 @pytest.mark.parametrize("preset", sorted(REFERENCE_SCHEDULERS))

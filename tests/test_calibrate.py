@@ -38,7 +38,7 @@ def test_calibrate_writes_a_preset_fragment_gen_uses(tiny_dirs, tmp_path, family
     r = invoke("gen", "--model", tiny_dirs[family], "-p", "a red ball", *SMALL, "--steps", 4, "--cache", "teacache",
                "--preset", out, "-o", gen_out)
     assert r.exit_code == 0, r.output
-    report = json.loads(next(p for p in gen_out.glob("0*.json")).read_text())
+    report = json.loads(next(p for p in gen_out.glob("a-red-ball-*.json")).read_text())
     assert report["cache"]["params"]["coefficients"] == pytest.approx(fit["coefficients"], rel=1e-9)
 
 

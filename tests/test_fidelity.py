@@ -234,7 +234,7 @@ def test_mixcache_says_it_is_our_design(tiny_dirs, tmp_path):
                                  "--out", str(tmp_path), "--frames", "9", "--height", "64", "--width", "64",
                                  "--steps", "4", "--set", "defaults.text_len=16"])
     assert r.exit_code == 0, r.output
-    report = json.loads(next(tmp_path.glob("0000-*.json")).read_text())
+    report = json.loads(next(tmp_path.glob("a-red-ball-*.json")).read_text())
     assert report["cache"]["method_note"] == note
     r = CliRunner().invoke(app, ["presets", "tiny"])
     assert r.exit_code == 0 and "our own design" in r.output

@@ -115,6 +115,12 @@ def _tiny_inputs(family: str, pipe) -> tuple[int, dict]:
         rotary = pipe._prepare_rotary_positional_embeddings(64, 64, 3, torch.device("cpu"))
         return 2, {"hidden_states": torch.randn(2, 3, 4, 8, 8, generator=g),
                    "encoder_hidden_states": torch.randn(2, 16, 32, generator=g), "image_rotary_emb": rotary}
+    if family == "hunyuan15":  # latents + image condition + mask; 16 prompt, 8 glyph, 8 (zero) image tokens
+        return 1, {"hidden_states": torch.randn(1, 9, 3, 4, 4, generator=g),
+                   "encoder_hidden_states": torch.randn(1, 16, 32, generator=g),
+                   "encoder_attention_mask": torch.ones(1, 16),
+                   "encoder_hidden_states_2": torch.randn(1, 8, 32, generator=g),
+                   "encoder_attention_mask_2": torch.ones(1, 8), "image_embeds": torch.zeros(1, 8, 16)}
     return 1, {"hidden_states": torch.randn(1, 4, 3, 8, 8, generator=g),
                "encoder_hidden_states": torch.randn(1, 32, 32, generator=g),
                "encoder_attention_mask": torch.ones(1, 32), "pooled_projections": torch.randn(1, 32, generator=g),
@@ -136,6 +142,8 @@ class Driver:
         self.kwargs = {k: tuple(move(x) for x in v) if isinstance(v, tuple) else move(v) for k, v in kwargs.items()}
         self.shim = SimpleNamespace(transformer=self.tr, scheduler=SimpleNamespace(timesteps=None),
                                     do_classifier_free_guidance=family != "hunyuan")
+        if family == "hunyuan15":  # CFG through a guider, in its own context names
+            self.shim.guider = SimpleNamespace(_enabled=True, num_conditions=2)
 
     def video(self, on_forward=None) -> list:
         """One video; ``on_forward(run)`` wraps each forward (``run()`` does it) and its results are returned."""
@@ -143,14 +151,18 @@ class Driver:
         ts = _meta(ts, schedule=True) if self.meta else ts
         self.shim.scheduler.timesteps = ts
         results = []
-        names = {"wan": ("cond", "uncond"), "cogvideox": ("cond_uncond",), "hunyuan": ("cond",)}[self.family]
+        names = {"wan": ("cond", "uncond"), "cogvideox": ("cond_uncond",), "hunyuan": ("cond",),
+                 "hunyuan15": ("pred_cond", "pred_uncond")}[self.family]
         for i in range(self.steps):
             for name in names:
                 ctx = {"step_index": i, "num_inference_steps": self.steps} if self.family == "wan" else {}
 
                 def run(i=i, name=name, ctx=ctx):
+                    t = ts[i:i + 1].expand(self.batch)
+                    if self.family == "hunyuan15":  # its pipeline passes the timestep in the latents' dtype
+                        t = t.to(self.tr.dtype)
                     with torch.no_grad(), self.tr.cache_context(name, **ctx):
-                        return self.tr(timestep=ts[i:i + 1].expand(self.batch), return_dict=False, **self.kwargs)[0]
+                        return self.tr(timestep=t, return_dict=False, **self.kwargs)[0]
 
                 results.append(on_forward(run) if on_forward else run())
         return results
@@ -158,13 +170,16 @@ class Driver:
 
 def _params(method: str) -> dict:
     """The tiny preset's table, for every family and for short runs: without TeaCache's retention
-    mode (Wan only) and forced first third (it would cover these 6- to 12-step runs whole)."""
+    mode (Wan only) and forced first steps (they would cover these 6- to 12-step runs whole), with
+    the step counts as given (these runs have far fewer steps than the 25 the counts are stated for,
+    which would stretch PAB's ranges to 1: no reuse, nothing tested)."""
     try:
         params = caches.preset_params("tiny", method)
     except caches.CacheError:
         return {}
     if method == "teacache":
         params = {k: v for k, v in params.items() if k not in ("retention", "first_steps")}
+    params.pop("schedule_steps", None)
     return params
 
 
@@ -348,7 +363,7 @@ def test_gen_compile_flag_end_to_end(tiny_dirs, tmp_path, monkeypatch):
                                  "--json"])
     assert r.exit_code == 0, r.output
     assert compiled and compiled[-1] == ["blocks.0", "blocks.1"]  # TeaCache hooks blocks: whole blocks
-    reports = [json.loads(p.read_text()) for p in sorted(out.glob("0*.json"))]
+    reports = [json.loads(p.read_text()) for p in sorted(out.glob("a-*.json"))]
     assert len(reports) == 2
     for rep in reports:
         assert rep["cache"]["estimate_bytes"] == rep["cache"]["stats"]["memory_bytes"] or (
@@ -376,20 +391,25 @@ def _estimate_misses(d: Driver, shape, job, methods) -> str:
     return "\n".join(bad)
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+# the text stream the Driver's inputs make: HunyuanVideo 32 tokens, HunyuanVideo 1.5 16 + 8 + 8, the others 16
+TEXT_TOKENS = {"hunyuan": 32, "hunyuan15": 32}
+
+
+@pytest.mark.parametrize("family", [*FAMILIES, "hunyuan15"])
 def test_cache_estimate_matches_measured_memory(tiny_pipes, family):
     """estimate_cache_bytes against cache.stats.memory_bytes on the tiny models (12 steps: long enough
     for every method to reach its steady peak)."""
     from vidcache.memory import JobShape, model_shape
+    from vidcache.tiny import BUILDERS
 
-    pipe = tiny_pipes[family]
+    pipe = tiny_pipes[family] if family in tiny_pipes else BUILDERS[family]()
     d = Driver(family, pipe, steps=12)
     shape = model_shape(pipe)
-    job = JobShape(9, 64, 64, 32 if family == "hunyuan" else 16, cfg=True)
+    job = JobShape(9, 64, 64, TEXT_TOKENS.get(family, 16), cfg=True)
     assert not _estimate_misses(d, shape, job, METHODS)
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", [*FAMILIES, "hunyuan15"])
 def test_cache_estimate_matches_measured_memory_in_bf16(family):
     """The same in bf16, the dtype of real runs: an fp32 tiny model cannot tell a tensor kept in the
     model's dtype from one kept in fp32 (AdaCache's estimate was 50 % high on the H100 that way)."""
@@ -403,7 +423,7 @@ def test_cache_estimate_matches_measured_memory_in_bf16(family):
                 for k, v in d.kwargs.items()}
     shape = model_shape(pipe)
     assert shape.bytes_per_element == 2
-    job = JobShape(9, 64, 64, 32 if family == "hunyuan" else 16, cfg=True)
+    job = JobShape(9, 64, 64, TEXT_TOKENS.get(family, 16), cfg=True)
     assert not _estimate_misses(d, shape, job, ("teacache", "adacache", "mixcache", "fastercache"))
 
 
@@ -526,7 +546,14 @@ def test_bench_gpu_small_prints_every_measurement():
     assert rows[0]["kind"] == "env" and rows[-1]["kind"] == "done"
     models = ["wan-small", "cogvideox-small", "hunyuan-small", "wan-14b-small"]
     assert [x["model"] for x in rows if x["kind"] == "model"] == models
-    assert not [x for x in rows if x["kind"] in ("skipped", "error")]
+    assert not [x for x in rows if x["kind"] == "error" or (x["kind"] in ("kernel", "stack") and "error" in x)]
+    # skipped on a CPU, each with its reason: the Sage rows (vidcache's own refusal) and the compiled
+    # kernel rows of all cases but wan-small (suite time)
+    skipped = [x for x in rows if x["kind"] == "skipped"]
+    assert {x["what"] for x in skipped} == {"kernel"}
+    assert {x["reason"] for x in skipped if x["attention"] == "sage"} == {
+        "--attention sage needs a CUDA device (use sdpa on cpu)"}
+    assert {x["model"] for x in skipped if x["attention"] == "native"} == set(models) - {"wan-small"}
     schedule_methods = [m for m in ("pab", "fastercache", "teacache", "adacache", "mixcache") if m in METHODS]
     assert rows[0]["methods"] == schedule_methods
     for model in models:
@@ -559,3 +586,23 @@ def test_bench_gpu_small_prints_every_measurement():
     attention = [x for x in rows if x["kind"] == "attention"]
     assert {x["backend"] for x in attention} == {"native", "_native_math"}
     assert [x["backend"] for x in attention if x["auto"]] == ["native"]
+    # the kernel rows: int8 weight-only stands in for fp8 on a CPU, against bf16 (here fp32) SDPA eager
+    for model in models:
+        assert [x["layers"] > 0 and x["mode"] for x in rows if x["kind"] == "quantize" and x["model"] == model] == [
+            "int8"]
+        kernel = {(x["quantize"], x["compile"]): x for x in rows if x["kind"] == "kernel" and x["model"] == model}
+        assert set(kernel) == ({("none", False), ("int8", False), ("none", True), ("int8", True)}
+                               if model == "wan-small" else {("none", False), ("int8", False)})
+        assert all(x["seconds"] > 0 and x["tflops"] > 0 and x["attention"] == "native" for x in kernel.values())
+        assert kernel[("none", False)]["speedup"] == 1.0 and "psnr_db" not in kernel[("none", False)]
+        assert 40 < kernel[("int8", False)]["psnr_db"] < 150  # measured 73-83 dB: lossy, not a no-op
+        if model == "wan-small":  # aot_eager: the compiled graph computes exactly what eager does
+            assert kernel[("none", True)]["rel_l2"] < 1e-6
+            assert kernel[("int8", True)]["psnr_db"] == pytest.approx(kernel[("int8", False)]["psnr_db"], abs=0.5)
+        stack = [x for x in rows if x["kind"] == "stack" and x["model"] == model]
+        assert [x["method"] for x in stack] == ["none", "none", "teacache", "adacache"]
+        assert (stack[0]["quantize"], stack[0]["compile"]) == ("none", False) and stack[0]["speedup"] == 1.0
+        if model == "wan-small":  # --small stacks the most: int8 + compiled under the caches
+            assert all((x["quantize"], x["compile"]) == ("int8", True) for x in stack[1:])
+        for x in stack[2:]:
+            assert x["forced"] is True and x["compute_ratio"] < 1.0 and x["seconds"] > 0

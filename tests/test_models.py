@@ -35,7 +35,8 @@ def test_every_adapter_names_real_diffusers_classes():
         for cls in (*adapter.pipelines, *adapter.transformer_classes):
             assert hasattr(diffusers, cls), (adapter.name, cls)
     for name in NAMES.values():
-        assert name.family in ADAPTERS and name.mode in ADAPTERS[name.family].modes, name
+        modes = ADAPTERS[name.family].modes
+        assert name.mode in modes or (name.mode == "ti2v" and {"t2v", "i2v"} <= set(modes)), name
 
 
 def test_adapters_describe_the_tiny_pipelines(tiny_dirs):
@@ -68,7 +69,7 @@ def test_text_length_comes_from_the_checkpoint(learned_cogvideox, tmp_path):
     r = CliRunner().invoke(app, ["gen", "--model", learned_cogvideox, "-p", "a red ball", "--frames", "9",
                                  "--height", "64", "--width", "64", "--steps", "2", "-o", str(tmp_path), "--json"])
     assert r.exit_code == 0, r.output
-    (report,) = [json.loads(p.read_text()) for p in tmp_path.glob("0000-*.json")]
+    (report,) = [json.loads(p.read_text()) for p in tmp_path.glob("a-red-ball-*.json")]
     assert report["job"]["text_len"] == 16
 
 
@@ -78,3 +79,21 @@ def test_a_text_length_the_checkpoint_cannot_take_is_refused(learned_cogvideox, 
     assert r.exit_code == 2
     assert "needs text_len 16" in r.output and "max_text_seq_length" in r.output
     assert not list(tmp_path.iterdir())
+
+
+def test_docs_model_table_is_the_code_s_own():
+    from vidcache.models.table import markdown
+
+    doc = (ROOT / "docs" / "models.md").read_text()
+    start, end = "<!-- model table: vidcache models --markdown -->\n", "<!-- end of model table -->"
+    assert doc[doc.index(start) + len(start): doc.index(end)] == markdown()
+
+
+def test_models_command_prints_modes_and_splits():
+    import json
+
+    r = CliRunner().invoke(app, ["models", "--json"])
+    assert r.exit_code == 0, r.output
+    rows = {row["name"]: row for row in json.loads(r.stdout)}
+    assert rows["wan-i2v"]["mode"] == "i2v" and rows["wan2.2-ti2v-5b"]["mode"] == "ti2v"
+    assert "CFG-parallel" not in rows["hunyuan"]["splits"] and "CFG-parallel" in rows["cogvideox-5b-i2v"]["splits"]

@@ -39,6 +39,7 @@ def test_wheel_ships_presets_and_the_embedded_model(wheel):
     shipped = {f"vidcache/presets/{p.name}" for p in (ROOT / "presets").glob("*.toml")}
     assert shipped and shipped <= names
     assert "vidcache/assets/tiny/model_index.json" in names
+    assert {f"vidcache/page/page.{ext}" for ext in ("html", "css", "js")} <= names  # vidcache report's template
     assert not any(n.startswith("presets/") for n in names)  # no stray top-level package
 
 
@@ -52,13 +53,15 @@ def test_installed_wheel_reads_its_presets(wheel, tmp_path):
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
     py = venv / "bin" / "python"
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    # the wheel first, while the venv sees nothing else (a vidcache found on the path would count as
+    # installed and be skipped), then the path file to the dependencies
+    subprocess.run([sys.executable, "-m", "pip", "--python", str(py), "install", "--quiet", "--no-deps",
+                    "--no-index", str(wheel)], check=True, capture_output=True, timeout=300, env=env)
     purelib = subprocess.run([str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
                              capture_output=True, text=True, check=True).stdout.strip()
     deps = [*site.getsitepackages(), sysconfig.get_paths()["purelib"]]
     (Path(purelib) / "deps-of-the-test-interpreter.pth").write_text("\n".join(dict.fromkeys(deps)) + "\n")
-    subprocess.run([sys.executable, "-m", "pip", "--python", str(py), "install", "--quiet", "--no-deps",
-                    "--no-index", str(wheel)], check=True, capture_output=True, timeout=300)
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     where = subprocess.run([str(py), "-c", "import vidcache.presets as p; print(p.PRESET_DIR)"], cwd=tmp_path,
                            env=env, capture_output=True, text=True, check=True).stdout.strip()
     assert Path(where).is_relative_to(venv), where  # the installed copy, not this checkout's

@@ -14,8 +14,8 @@ ROOT = Path(__file__).resolve().parent.parent
 SMALL = ["--frames", "5", "--height", "32", "--width", "32", "--steps", "2"]
 
 
-def run_script(name: str, *args, cwd: Path) -> subprocess.CompletedProcess:
-    env = dict(os.environ, VIDCACHE=f"{sys.executable} -m vidcache", HF_HUB_OFFLINE="1")
+def run_script(name: str, *args, cwd: Path, **env: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, VIDCACHE=f"{sys.executable} -m vidcache", HF_HUB_OFFLINE="1") | env
     return subprocess.run(["bash", str(ROOT / "scripts" / name), *map(str, args)], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=600)
 
@@ -32,8 +32,8 @@ def prompt_dir(tmp_path) -> Path:
 def test_render_folder_renders_every_file(prompt_dir, tmp_path):
     r = run_script("render_folder.sh", prompt_dir, tmp_path / "out", *SMALL, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
-    assert sorted(p.name for p in (tmp_path / "out" / "animals").glob("*.mp4")) == [
-        "0000-a-red-ball-0.mp4", "0001-a-blue-box-0.mp4"]
+    assert sorted(p.name[:-len("-01234567.mp4")] for p in (tmp_path / "out" / "animals").glob("*.mp4")) == [
+        "a-blue-box-0", "a-red-ball-0"]
     assert [p.name for p in (tmp_path / "out" / "shapes").glob("*.mp4")] == ["circle.mp4"]
 
 
@@ -104,3 +104,52 @@ def test_bench_cachedit_says_what_is_missing(tmp_path):
                         str(tmp_path / "o.json")], capture_output=True, text=True, timeout=300)
     assert r.returncode == 2 and "cache-dit is not installed" in r.stderr
     assert "pip install --no-deps cache-dit" in r.stderr
+
+
+def test_slurm_farm_refuses_outside_slurm(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
+    r = subprocess.run(["bash", str(ROOT / "scripts" / "slurm_farm.sbatch"), "p.txt", str(tmp_path / "out")],
+                       env=env, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "not inside a Slurm job" in r.stderr and "vidcache farm" in r.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_slurm_farm_follows_the_ray_on_slurm_pattern():
+    """What the script must do on a real allocation, which CI has not: the head on the first node,
+    one `ray start --address` per other node by srun, then the driver with --address."""
+    script = (ROOT / "scripts" / "slurm_farm.sbatch").read_text()
+    assert subprocess.run(["bash", "-n", str(ROOT / "scripts" / "slurm_farm.sbatch")]).returncode == 0
+    for needle in ('scontrol show hostnames "$SLURM_JOB_NODELIST"',
+                   'srun --nodes=1 --ntasks=1 --nodelist="$head_node" hostname --ip-address',
+                   '"${ray[@]}" start --head --node-ip-address="$head_ip" --port="$port"',
+                   '--ntasks-per-node=1 --exclude="$head_node"',
+                   '"${ray[@]}" start --address="$address"',
+                   '"${vidcache[@]}" farm "$prompts" --out "$out" --address "$address" "$@"',
+                   "export RAY_AUTH_MODE=token", "#SBATCH --signal=B:TERM@"):
+        assert needle in script, needle
+
+
+def test_slurm_farm_on_a_one_node_allocation(prompt_dir, tmp_path):
+    """The whole script on this machine as a one-node allocation: srun and scontrol stand-ins run
+    the step here, a real Ray head starts, the farm joins it by address, the head stops at the end."""
+    import socket
+
+    shims = tmp_path / "bin"
+    shims.mkdir()
+    (shims / "srun").write_text('#!/usr/bin/env bash\nwhile [[ $# -gt 0 && $1 == --* ]]; do shift; done\nexec "$@"\n')
+    (shims / "scontrol").write_text('#!/usr/bin/env bash\n[[ "$1 $2" == "show hostnames" ]] && hostname\n')
+    for shim in shims.iterdir():
+        shim.chmod(0o755)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    out = tmp_path / "out"
+    r = run_script("slurm_farm.sbatch", prompt_dir / "animals.txt", out, *SMALL, "--device", "cpu", "--workers", "1",
+                   "--json", cwd=tmp_path, PATH=f"{shims}:{os.environ['PATH']}", SLURM_JOB_ID="1",
+                   SLURM_JOB_NODELIST=socket.gethostname(), SLURM_CPUS_PER_TASK="1", GPUS_PER_NODE="0",
+                   RAY_PORT=str(port), RAY=f"{sys.executable} -m ray.scripts.scripts")
+    assert r.returncode == 0, r.stderr[-3000:]
+    summary = json.loads(r.stdout)
+    assert summary["counts"]["done"] == 2 and summary["counts"]["failed"] == 0
+    assert summary["farm"]["address"].endswith(f":{port}")
+    assert sorted(p.name[:-len("-01234567.mp4")] for p in out.glob("*.mp4")) == ["a-blue-box-0", "a-red-ball-0"]

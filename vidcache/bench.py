@@ -6,6 +6,11 @@ the ratios. ``speedup`` is the median of the paired ratios of denoising time (th
 accelerates); ``speedup_e2e`` the same for the whole video (text encoding and VAE decode included).
 Quality is measured against the uncached video of the same prompt and seed: PSNR and SSIM, LPIPS
 when its weights are on disk, and prompt adherence where the model has a probe (the tiny model).
+
+Quantization: a contender ``METHOD@MODE`` (``teacache@int8``, ``none@int8``: ``vidcache.quantize``'s
+modes) runs with the transformer blocks' linear layers quantized, against the same *unquantized*
+uncached baseline, so its row shows what the quantization costs on top of the cache. Both weight
+sets stay loaded and are swapped in place between the two runs of a pair (one load, same pairing).
 """
 
 from __future__ import annotations
@@ -17,9 +22,10 @@ from typing import Any
 
 import numpy as np
 
-from . import caches
+from . import caches, quantize
 from . import jobs as jobs_mod
 from .errors import UsageError
+from .loading import pick_device
 from .runner import Events, QuietEvents, RunConfig, Runner, plan_run
 from .video import write_json, write_text
 
@@ -35,12 +41,27 @@ PSNR_COLUMNS = ("psnr", "psnr_median", "psnr_min", "worst_frame", "worst_frame_m
 
 @dataclass(frozen=True)
 class Contender:
-    """One method at one preset (``teacache.fast`` is method teacache, preset fast)."""
+    """One method at one preset (``teacache.fast`` is method teacache, preset fast), on weights
+    quantized by ``quantize`` (``teacache.fast@int8``) or not (``none``)."""
 
     spec: str
     method: str
     preset: str
     params: dict[str, Any]
+    quantize: str = "none"
+
+    @property
+    def variant(self) -> str | None:
+        return None if self.preset == "default" else self.preset
+
+
+def split_quantize(spec: str) -> tuple[str, str]:
+    """``teacache.fast@int8`` -> (``teacache.fast``, ``int8``); no ``@``: not quantized."""
+    cache, at, mode = spec.partition("@")
+    mode = mode.strip().lower() if at else "none"
+    if mode not in quantize.MODES:
+        raise UsageError(f"--caches {spec}: unknown quantization '{mode}' (known: {', '.join(quantize.MODES)})")
+    return cache.strip(), mode
 
 
 def parse_caches(spec: str) -> list[str]:
@@ -51,16 +72,48 @@ def parse_caches(spec: str) -> list[str]:
 
 
 def plan_bench(cfg: RunConfig, prompts: list[jobs_mod.Prompt], caches_spec: str):
-    """Validate every method and its preset before anything loads; returns (plan, contenders)."""
+    """Validate every method, its preset and its quantization before anything loads; returns
+    (plan, contenders)."""
     base_plan = plan_run(replace(cfg, cache="none"), prompts)
     contenders = []
     for spec in parse_caches(caches_spec):
-        plan = plan_run(replace(cfg, cache=spec), prompts)
-        if plan.method != "none":
-            contenders.append(Contender(spec, plan.method, plan.variant or "default", plan.cache_params))
+        cache, mode = split_quantize(spec)
+        plan = plan_run(replace(cfg, cache=cache), prompts)
+        if plan.method != "none" or mode != "none":
+            quantize.check_quantize(mode, pick_device(cfg.load.device))
+            contenders.append(Contender(spec, plan.method, plan.variant or "default", plan.cache_params, mode))
     if not contenders:
-        raise UsageError("--caches: name at least one caching method besides none (the baseline always runs)")
+        raise UsageError("--caches: name at least one caching method besides none, or none@int8 (the "
+                         "baseline always runs)")
     return base_plan, contenders
+
+
+class Weights:
+    """The pipeline's block weights: the loaded ones, and each quantization the contenders ask for."""
+
+    def __init__(self, pipe: Any, modes: set[str]):
+        self.sets: dict[str, quantize.WeightSets] = {}
+        for mode in sorted(modes - {"none"}):
+            self.use("none")  # every mode is quantized from the loaded weights
+            self.sets[mode] = quantize.quantize_pipeline(pipe, mode, keep_original=True)
+        self.use("none")
+
+    def use(self, mode: str) -> None:
+        if mode == "none":
+            for sets in self.sets.values():
+                sets.use(False)
+        else:
+            self.sets[mode].use(True)
+
+
+def _enter(runner: Runner, weights: Weights, contender: Contender | None) -> None:
+    """Set up ``contender`` (None: the uncached, unquantized baseline) on the loaded pipeline."""
+    if contender is None:
+        weights.use("none")
+        runner.set_cache("none", None, {})
+        return
+    weights.use(contender.quantize)
+    runner.set_cache(contender.method, contender.variant, contender.params)
 
 
 def clip_quality(ref: np.ndarray, test: np.ndarray, prompt: str, probe: bool) -> dict[str, Any]:
@@ -115,6 +168,7 @@ def run_bench(runner: Runner, contenders: list[Contender], repeat: int,
     """Measure; returns one row per contender plus the uncached baseline's row first."""
     events = events or QuietEvents()
     runner.load()
+    weights = Weights(runner.pipe, {c.quantize for c in contenders})
     jobs = runner.plan.jobs
     refs: dict[int, np.ndarray] = {}
     base_probe: list[bool] = []
@@ -122,16 +176,16 @@ def run_bench(runner: Runner, contenders: list[Contender], repeat: int,
     # Warm-up, once per method: first-call allocations, lazy imports, compilation (--compile) and
     # calibration videos (MagCache) are nobody's steady-state cost.
     for c in contenders:
-        runner.set_cache(c.method, None if c.preset == "default" else c.preset, c.params)
+        _enter(runner, weights, c)
         runner.generate(jobs[0])
-    runner.set_cache("none", None, {})
+    _enter(runner, weights, None)
     runner.generate(jobs[0])
     total = repeat * len(jobs) * (1 + 2 * len(contenders))
     done = 0
     for r in range(repeat):
         for job in jobs:
             events.video_start(job, done, total)
-            runner.set_cache("none", None, {})
+            _enter(runner, weights, None)
             frames, _ = runner.generate(job)
             done += 1
             if job.index not in refs:
@@ -142,10 +196,7 @@ def run_bench(runner: Runner, contenders: list[Contender], repeat: int,
                 runs = {}
                 for who in ("none", "cached") if (r + job.index) % 2 == 0 else ("cached", "none"):
                     events.video_start(job, done, total)
-                    if who == "none":
-                        runner.set_cache("none", None, {})
-                    else:
-                        runner.set_cache(c.method, None if c.preset == "default" else c.preset, c.params)
+                    _enter(runner, weights, None if who == "none" else c)
                     runs[who] = runner.generate(job)
                     done += 1
                 base, (out, rep) = runs["none"][1]["timing"], runs["cached"]
@@ -160,8 +211,9 @@ def run_bench(runner: Runner, contenders: list[Contender], repeat: int,
                     sample |= clip_quality(refs[job.index], out, job.prompt, _has_probe(runner, job.prompt))
                     sample["prompt"] = job.prompt
                 samples[c.spec].append(sample)
-    rows = [{"method": "none", "preset": "-", "speedup": 1.0, "speedup_e2e": 1.0, "compute_ratio": 1.0,
-             **dict.fromkeys(PSNR_COLUMNS), "ssim": 1.0, "lpips": None,
+    _enter(runner, weights, None)
+    rows = [{"method": "none", "preset": "-", "quantize": "none", "speedup": 1.0, "speedup_e2e": 1.0,
+             "compute_ratio": 1.0, **dict.fromkeys(PSNR_COLUMNS), "ssim": 1.0, "lpips": None,
              "adherence": _mean([float(x) for x in base_probe]) if base_probe else None,
              "cache_memory_mb": 0.0, "pairs": 0, "params": {}, "per_prompt": []}]
     for c in contenders:
@@ -169,7 +221,8 @@ def run_bench(runner: Runner, contenders: list[Contender], repeat: int,
         adh = [float(x["adherent"]) for x in s if "adherent" in x]
         rows.append({
             "method": caches.report_name(c.method),
-            "preset": c.preset,
+            "preset": c.preset if c.method != "none" else "-",
+            "quantize": c.quantize,
             "speedup": _median([x["speedup"] for x in s]),
             "speedup_e2e": _median([x["speedup_e2e"] for x in s]),
             "compute_ratio": _mean([x["compute_ratio"] for x in s]),
@@ -196,9 +249,18 @@ def _fmt(v: Any, col: str) -> str:
     return str(v)
 
 
+def columns(rows: list[dict[str, Any]]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The table's columns and short headers: ``quantize`` after ``preset`` when a row is quantized."""
+    if all(r.get("quantize", "none") == "none" for r in rows):
+        return MD_COLUMNS, SHORT_HEADERS
+    at = MD_COLUMNS.index("preset") + 1
+    return MD_COLUMNS[:at] + ("quantize",) + MD_COLUMNS[at:], SHORT_HEADERS[:at] + ("quant.",) + SHORT_HEADERS[at:]
+
+
 def markdown(rows: list[dict[str, Any]], context: dict[str, Any]) -> str:
-    head = "| " + " | ".join(MD_COLUMNS) + " |\n|" + "---|" * len(MD_COLUMNS) + "\n"
-    body = "".join("| " + " | ".join(_fmt(r.get(c), c) for c in MD_COLUMNS) + " |\n" for r in rows)
+    cols, _ = columns(rows)
+    head = "| " + " | ".join(cols) + " |\n|" + "---|" * len(cols) + "\n"
+    body = "".join("| " + " | ".join(_fmt(r.get(c), c) for c in cols) + " |\n" for r in rows)
     notes = (
         f"\nModel `{context['model']}`, {context['jobs']} prompt(s) x {context['repeat']} repeat(s), "
         f"device {context['device']}. speedup = median paired ratio of denoising time, speedup_e2e = "
@@ -207,6 +269,9 @@ def markdown(rows: list[dict[str, Any]], context: dict[str, Any]) -> str:
         "mean-over-frames PSNR, psnr_median / psnr_min its median and worst prompt; worst_frame is the mean "
         "over prompts of each clip's worst frame, worst_frame_min the worst frame of all clips."
     )
+    if cols != MD_COLUMNS:
+        notes += (" quantize: the transformer blocks' linear layers quantized with torchao (int8: weight-only; "
+                  "fp8: weights and activations), measured against the same unquantized uncached video.")
     if not context.get("lpips_available"):
         notes += " LPIPS skipped: its weights are not available locally (optional extra)."
     return head + body + notes + "\n"
@@ -222,7 +287,8 @@ def pareto_plot(rows: list[dict[str, Any]], path: Path) -> Path:
 
     fig, ax = plt.subplots(figsize=(6, 4.5), dpi=120)
     for r in rows:
-        if r["method"] == "none" or r["psnr"] is None or r["speedup"] is None:
+        baseline = r["method"] == "none" and r.get("quantize", "none") == "none"
+        if baseline or r["psnr"] is None or r["speedup"] is None:
             continue
         dot = ax.scatter(r["speedup"], r["psnr"], s=36)
         colour = dot.get_facecolor()[0]
@@ -230,7 +296,9 @@ def pareto_plot(rows: list[dict[str, Any]], path: Path) -> Path:
             ax.vlines(r["speedup"], r["psnr_min"], max(r["psnr_median"], r["psnr"]), colors=[colour], lw=1)
         if r.get("worst_frame") is not None:
             ax.scatter(r["speedup"], r["worst_frame"], s=24, marker="x", color=colour)
-        label = r["method"] if r["preset"] == "default" else f"{r['method']}.{r['preset']}"
+        label = r["method"] if r["preset"] in ("default", "-") else f"{r['method']}.{r['preset']}"
+        if r.get("quantize", "none") != "none":
+            label += f"@{r['quantize']}"
         ax.annotate(label, (r["speedup"], r["psnr"]), textcoords="offset points", xytext=(4, 4), fontsize=8)
     ax.set_xlabel("speedup (denoising, median paired ratio)")
     ax.set_ylabel("PSNR vs uncached (dB)")

@@ -28,3 +28,11 @@ class RankLost(VidcacheError):
     collective for the failed ones): the launch cannot go on in step and stops; a rerun resumes."""
 
     exit_code = EXIT_RANK_LOST
+
+
+class OutputError(VidcacheError):
+    """A video or report could not be written whole (the writer failed, the file does not decode, the
+    disk is full) or must not be (the name holds another job's finished video): that video is
+    ``failed``, the batch goes on, and nothing broken is left under a final name."""
+
+    exit_code = EXIT_SOME_FAILED

@@ -8,8 +8,10 @@ from dataclasses import dataclass
 
 import torch
 
+from . import hub
 from .errors import UsageError
 from .models import FamilyAdapter, ResolvedModel
+from .quantize import check_quantize, import_torchao_quietly, quantize_pipeline
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
@@ -21,7 +23,9 @@ ATTENTION = {
     "sage": ("sage", "sageattention"),
 }
 _EXTRA = {"xformers": "pip install 'vidcache[xformers]'", "flash_attn": "pip install flash-attn",
-          "sageattention": "pip install sageattention"}
+          "sageattention": "build SageAttention 2 from its source repository (thu-ml/SageAttention); PyPI's "
+                           "sageattention is 1.x, which diffusers does not use"}
+SAGE_VERSION = "2.1.1"  # what diffusers 0.42.1's "sage" backend asks for
 
 
 @dataclass(frozen=True)
@@ -33,6 +37,7 @@ class LoadOptions:
     sequential_offload: bool = False
     group_offload: bool = False  # diffusers' block-level group offloading (CUDA streams)
     compile: bool = False  # torch.compile the transformer blocks (vidcache.compile)
+    quantize: str = "none"  # none, fp8, int8: the blocks' linear layers (vidcache.quantize)
 
 
 def pick_device(device: str) -> str:
@@ -90,13 +95,37 @@ def check_attention(attention: str, device: str, family: FamilyAdapter | None = 
     if attention not in ATTENTION:
         raise UsageError(f"--attention {attention}: expected auto, {', '.join(ATTENTION)}")
     backend, package = ATTENTION[attention]
-    if package and importlib.util.find_spec(package) is None:
-        raise UsageError(f"--attention {attention} needs the '{package}' package: {_EXTRA[package]}")
     if package and device != "cuda":
         raise UsageError(f"--attention {attention} needs a CUDA device (use sdpa on {device})")
+    if package and importlib.util.find_spec(package) is None:
+        raise UsageError(f"--attention {attention} needs the '{package}' package: {_EXTRA[package]}")
     if package and family is not None and family.needs_attention_mask:
         raise UsageError(f"--attention {attention} takes no attention mask, which {family.name} needs (use sdpa)")
+    one_process = int(os.environ.get("WORLD_SIZE", "1")) <= 1
+    if package and family is not None and not family.dispatches_attention and one_process:
+        raise UsageError(f"--attention {attention}: {family.name}'s attention processor calls PyTorch SDPA itself, "
+                         "so no other backend reaches it in one process (use sdpa)")
+    if attention == "sage":
+        check_sage(device, dtype)
     return backend
+
+
+def check_sage(device: str, dtype: torch.dtype | None) -> None:
+    """What diffusers' "sage" backend needs besides the package: SageAttention 2.1.1+ (it calls its
+    CUDA kernels), an sm80+ GPU, and bf16/fp16 tensors."""
+    from diffusers.utils import is_sageattention_version
+
+    if not is_sageattention_version(">=", SAGE_VERSION):
+        from importlib.metadata import version
+
+        raise UsageError(f"--attention sage needs SageAttention {SAGE_VERSION} or newer (found "
+                         f"{version('sageattention')}): {_EXTRA['sageattention']}")
+    if dtype not in (torch.bfloat16, torch.float16):
+        raise UsageError("--attention sage computes in bf16 or fp16: use --dtype bf16 (or auto)")
+    cap = torch.cuda.get_device_capability()
+    if cap < (8, 0):
+        raise UsageError(f"--attention sage: SageAttention 2 needs compute capability 8.0 or newer; "
+                         f"{torch.cuda.get_device_name()} is {cap[0]}.{cap[1]} (use sdpa)")
 
 
 def check_offload(opts: LoadOptions, device: str) -> None:
@@ -124,6 +153,7 @@ def quiet_libraries() -> None:
     for lib in (diffusers, transformers):
         lib.utils.logging.disable_progress_bar()
         lib.utils.logging.set_verbosity_error()
+    import_torchao_quietly()  # diffusers imports it, when installed, and it is loud on import
 
 
 def load_pipeline(model: ResolvedModel, opts: LoadOptions):
@@ -135,6 +165,7 @@ def load_pipeline(model: ResolvedModel, opts: LoadOptions):
     dtype = pick_dtype(opts.dtype, device)
     backend = check_attention(opts.attention, device, model.family, dtype)
     check_offload(opts, device)
+    check_quantize(opts.quantize, device)
     cls = getattr(diffusers, model.pipeline_class)
     # some VAEs (Wan's) are numerically fragile in half precision; the reference code keeps them in fp32
     dtypes = {"default": dtype, "vae": torch.float32} if model.family.vae_fp32 else dtype
@@ -144,7 +175,7 @@ def load_pipeline(model: ResolvedModel, opts: LoadOptions):
         try:
             pipe = cls.from_pretrained(model.source, local_files_only=True, **kwargs)
         except (OSError, ValueError):
-            if not local_first:
+            if not local_first or not hub.reachable():  # offline: fail now, not after the hub's retries
                 raise
             pipe = cls.from_pretrained(model.source, **kwargs)
     except (OSError, ValueError) as err:
@@ -162,6 +193,8 @@ def load_pipeline(model: ResolvedModel, opts: LoadOptions):
     if backend:
         for tr in transformers_of(pipe):
             tr.set_attention_backend(backend)
+    offloaded = opts.sequential_offload or opts.group_offload or opts.offload
+    quantize_pipeline(pipe, opts.quantize, device=None if offloaded else device)  # before offloading hooks
     if opts.sequential_offload:
         pipe.enable_sequential_cpu_offload()
     elif opts.group_offload:

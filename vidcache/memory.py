@@ -199,8 +199,9 @@ def job_shape(job: Any, family: str) -> JobShape:
     """A JobShape from a ``vidcache.jobs.Job`` (or anything with the same fields)."""
     from .models import adapter_named
 
-    distilled = adapter_named(family).cfg_layout == "distilled"
-    return JobShape(int(job.frames), int(job.height), int(job.width), int(job.text_len),
+    adapter = adapter_named(family)
+    distilled = adapter.cfg_layout == "distilled"
+    return JobShape(int(job.frames), int(job.height), int(job.width), adapter.text_tokens(int(job.text_len)),
                     cfg=not distilled and float(job.guidance) > 1.0)
 
 

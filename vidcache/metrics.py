@@ -56,12 +56,11 @@ def psnr_frames(ref: Any, test: Any) -> list[float]:
 
 def psnr(ref: Any, test: Any) -> float:
     """Mean per-frame PSNR in dB (data range 1); identical frames count as ``PSNR_CAP``."""
-    frames = psnr_frames(ref, test)
-    return sum(frames) / len(frames)
+    return float(np.mean(psnr_frames(ref, test)))
 
 
-def ssim(ref: Any, test: Any) -> float:
-    """Mean per-frame SSIM (Gaussian window 11, data range 1)."""
+def ssim_frames(ref: Any, test: Any) -> list[float]:
+    """SSIM of each frame (Gaussian window 11, data range 1)."""
     from torchmetrics.functional.image import structural_similarity_index_measure
 
     a, b = _pair(ref, test)
@@ -71,7 +70,12 @@ def ssim(ref: Any, test: Any) -> float:
         )
         for i in range(0, a.shape[0], 32)
     ]
-    return float(torch.cat([v.reshape(-1) for v in vals]).mean())
+    return torch.cat([v.reshape(-1) for v in vals]).tolist()
+
+
+def ssim(ref: Any, test: Any) -> float:
+    """Mean per-frame SSIM (Gaussian window 11, data range 1)."""
+    return float(np.mean(ssim_frames(ref, test)))
 
 
 @lru_cache(maxsize=1)

@@ -264,6 +264,7 @@ class CFGParallelHook(ModelHook):
                  cfg_active: Callable[[], bool | None]) -> None:
         super().__init__()
         self.layout, self.group, self.index, self.cfg_active = family.cfg_layout, group, index, cfg_active
+        self.branch_of = family.branch_of  # the pipeline's names of its cond / uncond forwards
         self.batched_inputs = family.batched_inputs
         self.names = list(inspect.signature(type(unwrap_module(transformer)).forward).parameters)[1:]
         self.out_channels = getattr(transformer.config, "out_channels", None)
@@ -287,7 +288,7 @@ class CFGParallelHook(ModelHook):
         if self.layout == "batched":
             return self._batched(forward, args, kwargs)
         ctx = self.contexts._context
-        name = ctx.name if ctx is not None else None
+        name = self.branch_of(ctx.name) if ctx is not None else None
         if name not in ("cond", "uncond"):
             return forward(*args, **kwargs)
         return_dict = self._arg("return_dict", args, kwargs)
@@ -424,16 +425,17 @@ class ParallelRun:
         separate_cfg = plan.cfg > 1 and plan.cfg_layout == "separate"
         cache_base.set_decision_group(self.cp_group if separate_cfg else None)
 
+        family = adapter_named(plan.family)
+
         def cfg_active() -> bool | None:
-            value = getattr(pipe, "do_classifier_free_guidance", None)
-            return value if isinstance(value, bool) else None
+            return family.cfg_active(pipe)
 
         for tr in transformers:
             if plan.cp > 1:
                 self._enable_cp(tr, ContextParallelConfig(ring_degree=plan.ring, ulysses_degree=plan.ulysses,
                                                           mesh=self.mesh))
             if plan.cfg > 1:
-                hook = CFGParallelHook(tr, adapter_named(plan.family), self.cfg_group, self.cfg_index, cfg_active)
+                hook = CFGParallelHook(tr, family, self.cfg_group, self.cfg_index, cfg_active)
                 HookRegistry.check_if_exists_or_initialize(tr).register_hook(hook, HOOK_PREFIX + "cfg")
         self.enabled = True
 
@@ -442,9 +444,13 @@ class ParallelRun:
         model without one, its own attention processors, split and mask hooks)."""
         plan = self.plan
         family = adapter_named(plan.family)
-        family.prepare_cp(tr)
+        family.prepare_cp(tr)  # may put new attention processors in place: the backend is set after it
         if plan.ring > 1:
             tr.set_attention_backend(RING_BACKENDS[plan.attention])
+        elif plan.attention not in ("auto", "sdpa"):
+            from .loading import ATTENTION
+
+            tr.set_attention_backend(ATTENTION[plan.attention][0])
         with _accelerator_count_on_cpu():
             tr.enable_parallelism(config=config, cp_plan=family.cp_plan())
         family.finish_cp(tr, plan, config)

@@ -25,6 +25,14 @@ def device_info(device: str) -> dict[str, Any]:
             "threads": torch.get_num_threads()}
 
 
+# what happened to each video of a run: done (written now), skipped (already done), claimed (being
+# rendered by another live process), failed (not written; the others went on), interrupted (a signal
+# stopped the run during it: nothing of it is kept)
+STATUSES = ("done", "skipped", "claimed", "failed", "interrupted")
+_STYLE = {"done": "[green]done", "skipped": "[cyan]skipped", "claimed": "[yellow]claimed", "failed": "[red]failed",
+          "interrupted": "[magenta]interrupted"}
+
+
 def video_row(report: dict[str, Any]) -> dict[str, Any]:
     """One line of the run summary."""
     timing = report.get("timing", {})
@@ -41,6 +49,7 @@ def video_row(report: dict[str, Any]) -> dict[str, Any]:
 
 
 def summary_table(rows: list[dict[str, Any]], title: str):
+    from rich.markup import escape
     from rich.table import Table
 
     table = Table(title=title)
@@ -52,9 +61,7 @@ def summary_table(rows: list[dict[str, Any]], title: str):
         return "-" if v is None else format(v, fmt)
 
     for r in rows:
-        status = {"done": "[green]done", "skipped": "[cyan]skipped", "failed": "[red]failed"}.get(
-            r["status"], r["status"]
-        )
-        table.add_row(r["name"], status, num(r["seconds"], ".2f"), num(r["seconds_per_step"], ".3f"),
+        status = _STYLE.get(r["status"], r["status"])
+        table.add_row(escape(r["name"]), status, num(r["seconds"], ".2f"), num(r["seconds_per_step"], ".3f"),
                       num(r["compute_ratio"], ".3f"))
     return table

@@ -99,10 +99,15 @@ __all__ = [
 def check_preset(preset: Any) -> Any:
     """Every method table of a loaded ``vidcache.presets.Preset`` names a known method and only its
     parameters (``UsageError``, one line, naming the file); returns the preset."""
+    from ..errors import UsageError
     from ..presets import check_method_table
 
+    where = preset.where or preset.name
     for method, table in preset.methods.items():
-        check_method_table(method, table, method_fields(method), preset.where or preset.name)
+        check_method_table(method, table, method_fields(method), where)
+    for method, values in preset.tuned.items():
+        if isinstance(values, dict) and (method == "none" or method_fields(method) is None):
+            raise UsageError(f"{where}: [tuned.{method}] names no cache method (known: {', '.join(REGISTRY)})")
     return preset
 
 
@@ -118,6 +123,16 @@ def method_fields(method: str) -> set[str] | None:
         return set()
     spec = REGISTRY.get(canonical(method))
     return base.config_fields(spec.config) if spec else None
+
+
+def stated_for(method: str, params: dict[str, Any], steps: int | None) -> dict[str, Any]:
+    """``params`` with ``schedule_steps = steps`` when ``method`` has step-counted parameters and the
+    table does not say what they are stated for: a preset's tables are stated for its ``[defaults]
+    steps``, so a run with other steps rescales them (``caches/steps.py``)."""
+    fields = method_fields(method) or set()
+    if steps is None or "schedule_steps" not in fields or "schedule_steps" in params:
+        return params
+    return {**params, "schedule_steps": steps}
 
 
 def transformers_of(pipe: Any) -> list[torch.nn.Module]:
@@ -141,7 +156,8 @@ def preset_params(preset: str, method: str) -> dict[str, Any]:
                 name = model.preset
                 break
     try:
-        return presets.method_params(check_preset(presets.load(name)), method, None)
+        loaded = check_preset(presets.load(name))
+        return stated_for(method, presets.method_params(loaded, method, None), loaded.defaults.get("steps"))
     except UsageError as err:
         raise CacheError(str(err)) from None
 
@@ -184,7 +200,7 @@ def apply_cache(
     for transformer in transformers:
         base.layout_of(transformer)  # refuse an unsupported model before touching anything
     remove_cache(pipe)
-    link = None if transformers == [pipe] else base.PipelineLink.of(pipe)
+    link = None if transformers == [pipe] else base.PipelineLink.of(pipe, base.layout_of(transformers[0]))
     effective: dict[str, Any] = {}
     for i, transformer in enumerate(transformers):
         try:

@@ -100,7 +100,7 @@ def _check_codebook(value: Any) -> list[list[float | int]]:
             ok = False
             break
         th, rate = pair
-        if isinstance(th, bool) or not isinstance(th, (int, float)) or th <= 0:
+        if isinstance(th, bool) or not isinstance(th, (int, float)) or not math.isfinite(th) or th <= 0:
             ok = False
             break
         if isinstance(rate, bool) or not isinstance(rate, int) or rate < 1:

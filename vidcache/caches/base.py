@@ -14,8 +14,9 @@ pipeline's ``transformer.cache_context(name)``) and build the rest on it:
   independent sets of hooks and states.
 * **The step clock** (``TransformerHook``, registered on the transformer itself) works out for every
   forward where the denoising loop is: the step index from the cache context when the pipeline
-  passes one (Wan: ``step_index``, ``num_inference_steps``), else the branch's own forward count
-  (CogVideoX and HunyuanVideo run one forward per step and branch). The timestep comes from the
+  passes one (WanPipeline: ``step_index``, ``num_inference_steps``), else the pipeline scheduler's
+  own step count (Wan's image-to-video pipeline passes none, and Wan 2.2's second expert must not
+  restart at step 0), else the branch's own forward count. The timestep comes from the
   transformer's own ``timestep`` argument; when that tensor lives on an accelerator, reading it
   would be a host-device sync in every forward, so the clock reads it from a host copy of the
   pipeline scheduler's timesteps instead (copied once per video, indexed by the step). Without a
@@ -53,6 +54,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import itertools
+import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -66,6 +68,7 @@ from diffusers.utils.torch_utils import unwrap_module
 from ..errors import UsageError
 from ..models import FamilyAdapter, adapter_of
 from ..models.layout import block_inputs, block_outputs, pack_block_output, sample_of, with_sample
+from .steps import StepScale
 
 # the block I/O helpers the methods use through ``base``
 __all__ = ["block_inputs", "block_outputs", "pack_block_output", "sample_of", "with_sample"]
@@ -134,10 +137,10 @@ def check_window(name: str, value: Any) -> tuple[float, float]:
     if (
         not isinstance(value, (list, tuple))
         or len(value) != 2
-        or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+        or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value)
         or value[0] >= value[1]
     ):
-        raise ValueError(f"'{name}' must be two timesteps [lo, hi] with lo < hi, got {value!r}")
+        raise ValueError(f"'{name}' must be two finite timesteps [lo, hi] with lo < hi, got {value!r}")
     return float(value[0]), float(value[1])
 
 
@@ -150,6 +153,8 @@ def check_int(name: str, value: Any, minimum: int) -> int:
 def check_float(name: str, value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ValueError(f"'{name}' must be a number, got {value!r}")
+    if not math.isfinite(value):  # NaN compares false to every bound: it would pass them all
+        raise ValueError(f"'{name}' must be a finite number, got {value!r}")
     return float(value)
 
 
@@ -238,18 +243,27 @@ class PipelineLink:
 
     timesteps: Callable[[], Any] = lambda: None
     cfg_active: Callable[[], bool | None] = lambda: None
+    step_index: Callable[[], int | None] = lambda: None
     scheduler: Callable[[], Any] = lambda: None
 
     @classmethod
-    def of(cls, pipe: Any) -> PipelineLink:
+    def of(cls, pipe: Any, family: FamilyAdapter | None = None) -> PipelineLink:
         def timesteps():
             return getattr(getattr(pipe, "scheduler", None), "timesteps", None)
 
         def cfg_active():
-            value = getattr(pipe, "do_classifier_free_guidance", None)
-            return value if isinstance(value, bool) else None
+            return (family or FamilyAdapter()).cfg_active(pipe)
 
-        return cls(timesteps, cfg_active, lambda: getattr(pipe, "scheduler", None))
+        def step_index():
+            """The scheduler's own count of the steps it has taken (None before the first: step 0),
+            for schedulers that keep one; None when it keeps none."""
+            scheduler = getattr(pipe, "scheduler", None)
+            if scheduler is None or not hasattr(type(scheduler), "step_index"):
+                return None
+            index = scheduler.step_index
+            return 0 if index is None else int(index)
+
+        return cls(timesteps, cfg_active, step_index, lambda: getattr(pipe, "scheduler", None))
 
 
 # --------------------------------------------------------------------------------------------
@@ -421,6 +435,9 @@ class TransformerHook(ModelHook):
         self._host_timesteps: list[float] | None = None
         self._arg_names: list[str] = []
         self._stats_done = False
+        # step-counted parameters stated for ``schedule_steps`` steps (``caches/steps.py``)
+        self.scale = StepScale(params.get("schedule_steps"))
+        self._scaled_for: int | None = None
 
     # -- diffusers hook interface ------------------------------------------------------------
     def initialize_hook(self, module: torch.nn.Module) -> torch.nn.Module:
@@ -456,6 +473,7 @@ class TransformerHook(ModelHook):
         self._detect_new_video()
         state = self.states.get_state()
         info = self._step_info(state, args, kwargs)
+        self._note_scale(info.num_steps)
         record = ForwardRecord(
             step=info.step,
             branch=info.branch,
@@ -536,6 +554,18 @@ class TransformerHook(ModelHook):
     def held_bytes(self) -> int:
         return held_bytes([state for state in self.states.states()] + list(self.shared_tensors()))
 
+    def _note_scale(self, steps: int | None) -> None:
+        """Say in the live parameters (the report's ``cache.params``) how this run's step count
+        stretched the method's counts: ``schedule_scale`` = {steps, factor}, absent when 1."""
+        if steps == self._scaled_for:
+            return
+        self._scaled_for = steps
+        k = self.scale.factor(steps)
+        if k == 1.0:
+            self.params.pop("schedule_scale", None)
+        else:
+            self.params["schedule_scale"] = {"steps": steps, "factor": round(k, 6)}
+
     def _detect_new_video(self) -> None:
         key = self.link.timesteps()
         if key is None or key is self._schedule_key:
@@ -548,12 +578,20 @@ class TransformerHook(ModelHook):
         self._host_timesteps = None
 
     def _step_info(self, state: BranchState, args: tuple, kwargs: dict) -> StepInfo:
+        """The step: the cache context's when the pipeline passes one (WanPipeline does), else the
+        pipeline scheduler's own step count (WanImageToVideoPipeline passes none, and with two
+        experts each transformer's forward count would restart at the switch: diffusers #14025),
+        else this branch's forward count (one transformer, one forward per step and branch)."""
         ctx = self.states.context
-        step = ctx.step_index if ctx.step_index is not None else state.forwards
+        step = ctx.step_index
+        if step is None:
+            step = self.link.step_index()
+        if step is None:
+            step = state.forwards
         num_steps = ctx.num_inference_steps
         if num_steps is None and torch.is_tensor(self._schedule_key):
             num_steps = len(self._schedule_key)
-        return StepInfo(step, num_steps, self._timestep(ctx, step, args, kwargs), ctx.name)
+        return StepInfo(step, num_steps, self._timestep(ctx, step, args, kwargs), self.layout.branch_of(ctx.name))
 
     def _timestep(self, ctx: Any, step: int, args: tuple, kwargs: dict) -> float | None:
         if isinstance(ctx.timestep, (int, float)):

@@ -91,6 +91,7 @@ from diffusers.hooks.taylorseer_cache import _TAYLORSEER_CACHE_HOOK
 
 from . import base
 from ._partial import block_attention_kinds, mark_partial
+from .steps import StepScale, check_schedule_steps
 
 # transformer -> magnitude ratios calibrated on it in this process (so that ``vidcache bench``, which
 # re-attaches the cache for every paired run, calibrates once per loaded model, not every time)
@@ -104,11 +105,14 @@ _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torc
 
 @dataclass
 class FBCacheConfig:
-    """``threshold`` absent: the family's (Wan 0.03, CogVideoX 0.04, HunyuanVideo 0.06)."""
+    """``threshold`` absent: the family's (Wan 0.03, CogVideoX 0.04, HunyuanVideo 0.06); stated for
+    ``schedule_steps`` steps (a change since the last compute, ``~ m / N``: ``caches/steps.py``)."""
 
     threshold: float | None = None
+    schedule_steps: int | None = None
 
     def __post_init__(self) -> None:
+        self.schedule_steps = check_schedule_steps(self.schedule_steps)
         if self.threshold is not None:
             self.threshold = base.check_float("threshold", self.threshold)
 
@@ -117,7 +121,8 @@ class FBCacheConfig:
 class TaylorSeerConfig:
     """diffusers' ``TaylorSeerCacheConfig`` plus how to pick the hooked modules (``mode``:
     "blocks" or "lite"; ``identifiers``: regexes replacing both) and ``factors_dtype`` ("model",
-    "float32", "bfloat16", "float16"). ``disable_cache_after_step`` absent: never."""
+    "float32", "bfloat16", "float16"). ``disable_cache_after_step`` absent: never. The three step
+    counts are stated for ``schedule_steps`` steps and follow the run's (``caches/steps.py``)."""
 
     cache_interval: int = 5
     disable_cache_before_step: int = 3
@@ -126,8 +131,10 @@ class TaylorSeerConfig:
     mode: str = "blocks"
     identifiers: list | None = None
     factors_dtype: str = "model"
+    schedule_steps: int | None = None
 
     def __post_init__(self) -> None:
+        self.schedule_steps = check_schedule_steps(self.schedule_steps)
         base.check_int("cache_interval", self.cache_interval, 1)
         base.check_int("disable_cache_before_step", self.disable_cache_before_step, 0)
         if self.disable_cache_after_step is not None:
@@ -150,14 +157,17 @@ class TaylorSeerConfig:
 
 @dataclass
 class MagCacheBaselineConfig:
-    """diffusers' ``MagCacheConfig``; ``mag_ratios`` absent: calibrated on the run's first video."""
+    """diffusers' ``MagCacheConfig``; ``mag_ratios`` absent: calibrated on the run's first video.
+    ``max_skip_steps`` and ``threshold`` are stated for ``schedule_steps`` steps and follow the run's."""
 
     threshold: float = 0.06
     max_skip_steps: int = 3
     retention_ratio: float = 0.2
     mag_ratios: list | None = None
+    schedule_steps: int | None = None
 
     def __post_init__(self) -> None:
+        self.schedule_steps = check_schedule_steps(self.schedule_steps)
         self.threshold = base.check_float("threshold", self.threshold)
         base.check_int("max_skip_steps", self.max_skip_steps, 0)
         self.retention_ratio = base.check_float("retention_ratio", self.retention_ratio)
@@ -348,8 +358,9 @@ class FBCacheHook(BaselineHook):
         return f"threshold {self.params['threshold']} is below every first-block residual change; raise it"
 
 
-def _agreed_fbc_decision(hook: Any, states: base.BranchStates):
-    """diffusers' FBCache rule, with its two means read through the rank-agreement function."""
+def _agreed_fbc_decision(hook: Any, states: base.BranchStates, scale: StepScale):
+    """diffusers' FBCache rule, with its two means read through the rank-agreement function and its
+    threshold following the run's step count."""
 
     @torch.compiler.disable
     def should_compute(residual: torch.Tensor) -> bool:
@@ -358,10 +369,11 @@ def _agreed_fbc_decision(hook: Any, states: base.BranchStates):
             return True
         num, den = base.agreed_values(torch.stack([base.l1(residual, prev), base.l1(prev)]))
         diff = num / den if den > 0 else math.inf
-        record = states.get_state().record
-        if record is not None:
-            record.detail = {"rel_l1": diff}
-        return diff > hook.threshold
+        state = states.get_state()
+        if state.record is not None:
+            state.record.detail = {"rel_l1": diff}
+        steps = state.info.num_steps if state.info is not None else None
+        return diff > scale.threshold(hook.threshold, steps)
 
     return should_compute
 
@@ -375,8 +387,9 @@ def apply_fbcache(
     apply_first_block_cache(transformer, FirstBlockCacheConfig(threshold=threshold))
     head = layout.blocks(transformer)[0][1]
     leader = head._diffusers_hook.get_hook(_FBC_LEADER_BLOCK_HOOK)
-    leader._should_compute_remaining_blocks = _agreed_fbc_decision(leader, states)
-    params = {"implementation": "diffusers.hooks.apply_first_block_cache", "threshold": threshold}
+    leader._should_compute_remaining_blocks = _agreed_fbc_decision(leader, states, StepScale(config.schedule_steps))
+    params = {"implementation": "diffusers.hooks.apply_first_block_cache", "threshold": threshold,
+              "schedule_steps": config.schedule_steps}
     _attach(FBCacheHook, "diffusers-fbcache", transformer, layout, states, params, pipeline)
 
 
@@ -398,6 +411,26 @@ class TaylorSeerHook(BaselineHook):
             f"the run is too short for cache_interval {p['cache_interval']} after "
             f"disable_cache_before_step {p['disable_cache_before_step']}"
         )
+
+    def __init__(self, *args: Any, config: TaylorSeerConfig, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.config = config
+        self.configured_for: int | None = None
+
+    def before(self, state: CountState) -> None:
+        """diffusers' hooks hold the counts: set them for this run's step count."""
+        steps = state.info.num_steps
+        if steps == self.configured_for:
+            return
+        self.configured_for = steps
+        c, scale = self.config, self.scale
+        after = c.disable_cache_after_step
+        if after is not None and c.schedule_steps is not None and steps:
+            after = steps - scale.forced(max(0, c.schedule_steps - after), steps)
+        for _, hook in self.diffusers_hooks():
+            hook.cache_interval = scale.cap(c.cache_interval, steps)
+            hook.disable_cache_before_step = scale.forced(c.disable_cache_before_step, steps)
+            hook.disable_cache_after_step = after
 
 
 def apply_taylorseer(
@@ -438,7 +471,7 @@ def apply_taylorseer(
     }
     if config.identifiers is None and config.mode == "blocks":
         params["identifiers"] = cache_ids
-    _attach(TaylorSeerHook, "diffusers-taylorseer", transformer, layout, states, params, pipeline)
+    _attach(TaylorSeerHook, "diffusers-taylorseer", transformer, layout, states, params, pipeline, config=config)
 
 
 # ---------------------------------------------------------------------------- MagCache
@@ -453,6 +486,7 @@ class MagCacheHook(BaselineHook):
     def __init__(self, *args: Any, mag: MagCacheConfig, ratios: list[float] | None, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self.mag = mag  # the config object diffusers' hooks hold: set up in place per video
+        self.stated = (mag.max_skip_steps, mag.threshold)  # as stated, for ``schedule_steps`` steps
         self.ratios = ratios
         earlier = _CALIBRATED.get(self.transformer) if ratios is None else None
         self.videos = 0
@@ -497,6 +531,8 @@ class MagCacheHook(BaselineHook):
 
     def _configure(self, steps: int) -> None:
         self.videos += 1
+        self.mag.max_skip_steps = self.scale.cap(self.stated[0], steps)
+        self.mag.threshold = self.scale.threshold(self.stated[1], steps, 2, 1)  # error ~ m^2 / N
         self.configured_for = steps
         self.calibrating = self.calibrated_last = self.ratios is None
         self.mag.calibrate = self.calibrating

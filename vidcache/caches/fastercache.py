@@ -46,6 +46,11 @@ How the CFG-Cache meets each family's CFG layout (ours; diffusers' version crash
 * **HunyuanVideo** is guidance-distilled: only attention reuse applies (``cfg_cache`` is ignored).
 
 ``cfg_cache = false`` turns the CFG-Cache off on every family.
+
+``attention_range`` and ``cfg_range`` are reuse periods stated for ``schedule_steps`` steps; a run
+with another step count stretches them (fractional periods allowed: a step computes when
+``due(step + 1, period)``, which for an integer period is the official ``(step + 1) % range == 0``);
+windows and ``cfg_t0`` are timesteps and need no stretch (``caches/steps.py``).
 """
 
 from __future__ import annotations
@@ -56,17 +61,18 @@ from typing import Any
 import torch
 
 from . import base
+from .steps import StepScale, check_period, check_schedule_steps, due
 
 BAND_WEIGHTS = ("constant", "compound")
 
 
 @dataclass
 class FasterCacheConfig:
-    attention_range: int = 2
+    attention_range: float = 2
     attention_window: tuple[float, float] = (-1.0, 681.0)
     attention_weight: float = 0.5
     cfg_cache: bool = True
-    cfg_range: int = 5
+    cfg_range: float = 5
     cfg_window: tuple[float, float] = (-1.0, 641.0)
     band_weights: str = "constant"
     alpha: float = 0.2
@@ -74,10 +80,12 @@ class FasterCacheConfig:
     band_growth: float = 1.1
     lf_window: tuple[float, float] = (99.0, 901.0)  # diffusers' defaults for the compounding rule
     hf_window: tuple[float, float] = (-1.0, 301.0)
+    schedule_steps: int | None = None
 
     def __post_init__(self) -> None:
-        base.check_int("attention_range", self.attention_range, 1)
-        base.check_int("cfg_range", self.cfg_range, 1)
+        check_period("attention_range", self.attention_range)
+        check_period("cfg_range", self.cfg_range)
+        self.schedule_steps = check_schedule_steps(self.schedule_steps)
         for name in ("attention_window", "cfg_window", "lf_window", "hf_window"):
             setattr(self, name, base.check_window(name, getattr(self, name)))
         for name in ("attention_weight", "alpha", "cfg_t0", "band_growth"):
@@ -150,6 +158,7 @@ class FasterAttentionHook(base.BranchHook):
     ) -> None:
         super().__init__(states, key)
         self.kind, self.config = kind, config
+        self.scale = StepScale(config.schedule_steps)
 
     def new_forward(self, module: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
         state = self.states.get_state()
@@ -159,7 +168,8 @@ class FasterAttentionHook(base.BranchHook):
             slot = state.slots[self.key] = _Slot()
         if state.last_run_step is None or state.last_run_step != info.step - 1:
             slot.a1 = slot.a2 = None  # a gap (or the first forward): the history is stale
-        reuse = base.in_window(info.t, config.attention_window) and (info.step + 1) % config.attention_range != 0
+        reuse = base.in_window(info.t, config.attention_window) and not due(
+            info.step + 1, self.scale.period(config.attention_range, info.num_steps))
         if reuse and slot.a2 is not None:
             batch = base.batch_of(args, kwargs)
             a1, a2 = base.fit_batch(slot.a1, batch), base.fit_batch(slot.a2, batch)
@@ -204,6 +214,7 @@ class FasterCacheForwardHook(base.TransformerHook):
     def __init__(self, *args: Any, config: FasterCacheConfig, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.config = config
+        self.scale = StepScale(config.schedule_steps)
         self.cfg = config.cfg_cache and self.layout.cfg_layout in ("separate", "batched")
         self.shared = _CfgLink()
 
@@ -230,9 +241,10 @@ class FasterCacheForwardHook(base.TransformerHook):
             return self._run_batched(state, args, kwargs)
         return self.fn_ref.original_forward(*args, **kwargs)
 
-    def synthesised(self, step: int, t: float | None) -> bool:
+    def synthesised(self, info: base.StepInfo) -> bool:
         """The CFG-Cache rebuilds uncond at this step (given a stored delta): schedule only."""
-        return base.in_window(t, self.config.cfg_window) and (step + 1) % self.config.cfg_range != 0
+        period = self.scale.period(self.config.cfg_range, info.num_steps)
+        return base.in_window(info.t, self.config.cfg_window) and not due(info.step + 1, period)
 
     def _keeps_attention(self, info: base.StepInfo) -> bool:
         """Wan's uncond attention outputs are kept only where its next forward can extrapolate from
@@ -262,7 +274,7 @@ class FasterCacheForwardHook(base.TransformerHook):
             return out
         have_cond = link.cond_step == info.step and link.cond_out is not None
         cond, link.cond_out = link.cond_out, None
-        if have_cond and link.delta is not None and self.synthesised(info.step, info.t):
+        if have_cond and link.delta is not None and self.synthesised(info):
             state.record.branches_run = 0
             state.record.action = "uncond synthesised"
             return base.with_sample(None, self._uncond(cond, info.t), self.arg("return_dict", args, kwargs, True))
@@ -273,7 +285,7 @@ class FasterCacheForwardHook(base.TransformerHook):
 
     def _run_batched(self, state: FasterCacheState, args: tuple, kwargs: dict) -> Any:
         info, link = state.info, self.shared
-        if link.delta is None or not self.synthesised(info.step, info.t):
+        if link.delta is None or not self.synthesised(info):
             out = self.fn_ref.original_forward(*args, **kwargs)
             uncond, cond = base.sample_of(out).float().chunk(2)
             link.refresh(uncond - cond)

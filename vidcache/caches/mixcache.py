@@ -69,6 +69,12 @@ error budget it consumes; ``weight`` > 1 leans to quality. **Streaks**: a granul
 step comes in between); and since nothing refreshes the quantity being reused, its ``rho`` grows
 every step until a full step refreshes it.
 
+Step counts. ``start`` is a fraction of the steps; ``last_steps``, ``max_streak`` and the budgets are
+stated for ``schedule_steps`` steps and follow the run's (``caches/steps.py``): the protected last
+steps cover the same share, a streak and a run of reuse last ``k^0.58`` times as many steps, so the
+budgets (an error that grows like ``m^2 / N^2`` over ``m`` reused steps) are scaled by
+``k^(2 * 0.58 - 2)``.
+
 The trigger (context-aware start)
 ---------------------------------
 No reuse at all until (a) ``start * N`` steps have passed and (b) the trajectory has calmed down:
@@ -103,6 +109,7 @@ import torch
 
 from . import base
 from ._partial import block_attention_kinds, mark_partial
+from .steps import StepScale, check_schedule_steps
 from .teacache import check_forecast, forecast, stored
 
 GRANULARITIES = ("step", "cfg", "block")
@@ -122,8 +129,10 @@ class MixCacheConfig:
     block_window: tuple[float, float] = (0.25, 0.75)
     block_fraction: float = 0.5
     forecast: str = "residual"
+    schedule_steps: int | None = None
 
     def __post_init__(self) -> None:
+        self.schedule_steps = check_schedule_steps(self.schedule_steps)
         g = self.granularities
         if not isinstance(g, (list, tuple)) or any(x not in GRANULARITIES for x in g):
             raise ValueError(f"'granularities' must be a list of {', '.join(GRANULARITIES)}; got {g!r}")
@@ -234,8 +243,12 @@ def choose(
 ) -> Plan:
     """The plan for one step (module docstring); host numbers only. ``dtau``: this step's length.
     Accounts the chosen plan's errors into the accumulators."""
-    if num_steps is not None and step >= num_steps - config.last_steps:
+    scale = StepScale(config.schedule_steps)
+    if num_steps is not None and step >= num_steps - scale.forced(config.last_steps, num_steps):
         return Plan("full", reason="last steps")
+    max_streak = scale.cap(config.max_streak, num_steps)
+    step_budget, cfg_budget, block_budget = (scale.threshold(b, num_steps, 2, 2)
+                                             for b in (config.step_budget, config.cfg_budget, config.block_budget))
     start = math.ceil(config.start * num_steps) if num_steps else 1
     branches = list(shared.branches.values())
     if not shared.triggered:
@@ -249,7 +262,7 @@ def choose(
 
     def allowed(g: str) -> bool:
         return g in config.granularities and not (
-            g == shared.last_granularity and shared.streak >= config.max_streak
+            g == shared.last_granularity and shared.streak >= max_streak
         )
 
     def ratio(err: float, budget: float) -> float:
@@ -258,16 +271,16 @@ def choose(
     options: list[tuple[float, Plan, Any]] = []
     if allowed("step") and all(b.rate_step.value() is not None for b in branches):
         add = [b.rate_step.value() * max(0.0, b.tau - tau) * dtau for b in branches]
-        rho = ratio(max(b.acc_step + a for b, a in zip(branches, add)), config.step_budget)
+        rho = ratio(max(b.acc_step + a for b, a in zip(branches, add)), step_budget)
         if rho <= 1:
             options.append((1.0 - config.weight * rho, Plan("step", rho), add))
     rate_cfg = shared.rate_cfg.value()
     if allowed("cfg") and cfg_possible and shared.delta is not None and rate_cfg is not None:
         add = rate_cfg * max(0.0, shared.delta_tau - tau) * dtau
-        rho = ratio(shared.acc_cfg + add, config.cfg_budget)
+        rho = ratio(shared.acc_cfg + add, cfg_budget)
         if rho <= 1:
             options.append((0.5 - config.weight * rho, Plan("cfg", rho), add))
-    if allowed("block") and config.block_budget > 0:
+    if allowed("block") and block_budget > 0:
         errors = []
         for k in candidates:
             rates = [b.rate_block[k].value() if k in b.rate_block else None for b in branches]
@@ -277,14 +290,14 @@ def choose(
         chosen, total = [], 0.0
         limit = max(1, math.floor(config.block_fraction * n_blocks))
         for e, k, adds in sorted(errors, key=lambda x: x[0]):
-            if len(chosen) >= limit or total + e > config.block_budget:
+            if len(chosen) >= limit or total + e > block_budget:
                 break
-            if 1.0 / n_blocks <= config.weight * e / config.block_budget:  # does not pay for itself
+            if 1.0 / n_blocks <= config.weight * e / block_budget:  # does not pay for itself
                 break
             chosen.append((k, adds))
             total += e
         if chosen:
-            rho = total / config.block_budget
+            rho = total / block_budget
             plan = Plan("block", rho, frozenset(k for k, _ in chosen))
             options.append((len(chosen) / n_blocks - config.weight * rho, plan, chosen))
     best = max(options, key=lambda o: o[0], default=None)

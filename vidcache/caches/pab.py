@@ -26,6 +26,8 @@ and diffusers' implementation shares one counter and one cache between the CFG b
   module of these families.
 * Windows are timesteps; the presets choose them against each model's real schedule (see
   ``docs/caches.md``). Schedule-only: no decision reads the device.
+* Ranges are reuse periods stated for ``schedule_steps`` steps; a run with another step count
+  stretches them (fractional periods allowed: ``caches/steps.py``), so a preset keeps its trade.
 """
 
 from __future__ import annotations
@@ -36,26 +38,30 @@ from typing import Any
 import torch
 
 from . import base
+from .steps import StepScale, check_period, check_schedule_steps, due
 
 
 @dataclass
 class PABConfig:
-    """Broadcast ranges (recompute every r-th call; 1 = never reuse) and windows ``[lo, hi]``."""
+    """Broadcast ranges (recompute every r-th call; 1 = never reuse; fractions allowed) and windows
+    ``[lo, hi]``; ``schedule_steps``: the step count the ranges are stated for."""
 
-    spatial_range: int = 2
+    spatial_range: float = 2
     spatial_window: tuple[float, float] = (100.0, 800.0)
-    temporal_range: int = 4
+    temporal_range: float = 4
     temporal_window: tuple[float, float] = (100.0, 800.0)
-    cross_range: int = 6
+    cross_range: float = 6
     cross_window: tuple[float, float] = (100.0, 800.0)
+    schedule_steps: int | None = None
 
     def __post_init__(self) -> None:
+        self.schedule_steps = check_schedule_steps(self.schedule_steps)
         for kind in base.ATTENTION_KINDS:
-            base.check_int(f"{kind}_range", getattr(self, f"{kind}_range"), 1)
+            check_period(f"{kind}_range", getattr(self, f"{kind}_range"))
             name = f"{kind}_window"
             setattr(self, name, base.check_window(name, getattr(self, name)))
 
-    def rule(self, kind: str) -> tuple[int, tuple[float, float]]:
+    def rule(self, kind: str) -> tuple[float, tuple[float, float]]:
         return getattr(self, f"{kind}_range"), getattr(self, f"{kind}_window")
 
 
@@ -78,18 +84,20 @@ class PABAttentionHook(base.BranchHook):
         states: base.BranchStates,
         key: str,
         kind: str,
-        every: int,
+        every: float,
         window: tuple[float, float],
+        scale: StepScale = StepScale(None),
     ) -> None:
         super().__init__(states, key)
-        self.kind, self.every, self.window = kind, every, window
+        self.kind, self.every, self.window, self.scale = kind, every, window, scale
 
     def new_forward(self, module: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
         state = self.states.get_state()
         slot = state.slots.get(self.key)
         if slot is None:
             slot = state.slots[self.key] = _Slot()
-        reuse = slot.calls % self.every != 0 and base.in_window(state.info.t, self.window)
+        reuse = base.in_window(state.info.t, self.window) and not due(
+            slot.calls, self.scale.period(self.every, state.info.num_steps))
         slot.calls += 1
         if reuse:
             cached = base.fit_batch(slot.output, base.batch_of(args, kwargs))
@@ -115,9 +123,10 @@ def apply_pab(
     """Attach PAB to ``transformer`` (one hook per attention module, one on the transformer)."""
     layout = base.layout_of(transformer)
     states = base.BranchStates(base.BranchState)
+    scale = StepScale(config.schedule_steps)
     for key, module, kind in layout.attention_modules(transformer):
         every, window = config.rule(kind)
-        base.register(module, PABAttentionHook(states, key, kind, every, window), "pab")
+        base.register(module, PABAttentionHook(states, key, kind, every, window, scale), "pab")
     params = base.config_params(config)
     top = PABForwardHook("pab", states, layout, transformer, params, pipeline, needs_timestep=True)
     base.attach(transformer, top)

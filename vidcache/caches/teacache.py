@@ -56,6 +56,7 @@ from typing import Any
 import torch
 
 from . import base
+from .steps import StepScale, check_schedule_steps
 
 # numpy poly1d order, x^4 ... x^0, from the official TeaCache repository (METHODS.md).
 COEFFICIENTS: dict[str, tuple[float, ...]] = {
@@ -95,7 +96,12 @@ COEFFICIENTS: dict[str, tuple[float, ...]] = {
 class TeaCacheConfig:
     """``coefficients``: a name from ``COEFFICIENTS`` or five numbers (x^4 .. x^0); absent = the
     official set for the transformer's size. ``first_steps`` / ``last_steps``: forced computes
-    (absent = 1 / 1, Wan retention mode 5 / 0)."""
+    (absent = 1 / 1, Wan retention mode 5 / 0), stated for ``schedule_steps`` steps: a run with
+    ``N = k * schedule_steps`` steps protects the same share of its steps (``caches/steps.py``), and
+    reads the polynomial at the per-step change it was fitted for: ``acc += poly(k d) / k`` (a
+    stretch of the trajectory cut into ``k`` times more steps changes ``k`` times less per step;
+    the identity polynomial is unchanged), and compares it with ``thresh * k^(0.58 - 1)``, so that a run
+    of skipped steps lasts ``k^0.58`` times as many steps (``caches/steps.py``)."""
 
     thresh: float = 0.1
     coefficients: str | list[float] | None = None
@@ -103,10 +109,12 @@ class TeaCacheConfig:
     first_steps: int | None = None
     last_steps: int | None = None
     forecast: str = "residual"
+    schedule_steps: int | None = None
 
     def __post_init__(self) -> None:
         self.thresh = base.check_float("thresh", self.thresh)
         check_forecast(self.forecast)
+        self.schedule_steps = check_schedule_steps(self.schedule_steps)
         base.check_bool("retention", self.retention)
         c = self.coefficients
         if isinstance(c, str):
@@ -209,6 +217,7 @@ def resolve(
             if config.last_steps is None
             else config.last_steps,
             forecast=config.forecast,
+            schedule_steps=config.schedule_steps,
         ),
         warnings,
     )
@@ -224,16 +233,18 @@ def decide(
 ) -> tuple[bool, float, float | None]:
     """(compute?, new accumulator, relative L1 or None when not read). ``distance`` is only called
     when the decision depends on it: forced steps read nothing from the device."""
+    scale = StepScale(config.schedule_steps)
     forced = (
         not have_residual
-        or step < config.first_steps
-        or (num_steps is not None and step >= num_steps - config.last_steps)
+        or step < scale.forced(config.first_steps, num_steps)
+        or (num_steps is not None and step >= num_steps - scale.forced(config.last_steps, num_steps))
     )
     if forced or config.thresh <= 0:
         return True, 0.0, None
     d = distance()
-    acc += rescale(config.poly(), d)
-    if acc < config.thresh:
+    k = scale.factor(num_steps)
+    acc += rescale(config.poly(), d * k) / k
+    if acc < scale.threshold(config.thresh, num_steps):
         return False, acc, d
     return True, 0.0, d
 

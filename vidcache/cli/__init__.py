@@ -6,12 +6,17 @@ One module per command registers itself on ``app``; ``options`` holds the flags 
 
 from __future__ import annotations
 
-from . import bench, calibrate, gen, info  # noqa: F401 - each registers its command on ``app``
+from . import bench, calibrate, farm, gen, info, report, tune  # noqa: F401 - each registers its command on ``app``
 from .app import app
 
 
 def main() -> None:
-    app()
+    from .. import interrupts
+
+    try:
+        app()
+    finally:  # the command has said its last word: a signal now ends the process without a traceback
+        interrupts.uninstall()
 
 
 __all__ = ["app", "main"]

@@ -19,6 +19,22 @@ err_console = Console(stderr=True)
 out_console = Console()
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from .. import __version__
+
+        typer.echo(f"vidcache {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
+                                 help="Print vidcache's version and exit."),
+) -> None:
+    """Generate videos with Wan, HunyuanVideo and CogVideoX, fast, with feature caching."""
+
+
 def fail(err: BaseException | str, debug: bool, code: int, show: bool = True) -> NoReturn:
     """One red line on stderr (a traceback first with ``--debug``), then exit ``code``."""
     if debug:

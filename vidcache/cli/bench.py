@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -35,7 +34,8 @@ from .options import (
 @app.command()
 def bench(
     caches: Annotated[str, typer.Option(
-        help="Comma-separated methods (METHOD.VARIANT for a preset variant); the uncached baseline always runs.",
+        help="Comma-separated methods (METHOD.VARIANT for a preset variant; METHOD@int8 or @fp8 on quantized "
+             "weights, none@int8 for quantization alone); the uncached, unquantized baseline always runs.",
     )] = "pab,fastercache,teacache",
     prompts: PromptsOpt = None,
     prompt: PromptOpt = [],  # noqa: B006
@@ -49,7 +49,7 @@ def bench(
     height: HeightOpt = None,
     width: WidthOpt = None,
     steps: StepsOpt = None,
-    seed: SeedOpt = 0,
+    seed: SeedOpt = None,
     device: DeviceOpt = Device.auto,
     dtype: DTypeOpt = DType.auto,
     attention: AttentionOpt = Attention.auto,
@@ -88,12 +88,15 @@ def bench(
                    "lpips_available": any(r["lpips"] is not None for r in rows[1:])}
         paths = bench_mod.write_outputs(rows, context, out)
     if json_out:
-        sys.stdout.write(json.dumps(rows, indent=2) + "\n")
+        from ..video import dumps
+
+        sys.stdout.write(dumps(rows))
         return
     table = Table(title=f"vidcache bench: {plan.model.name} ({len(plan.jobs)} prompts x {repeat})")
-    for col, head in zip(bench_mod.MD_COLUMNS, bench_mod.SHORT_HEADERS):
-        table.add_column(head, justify="left" if col in ("method", "preset") else "right")
+    cols, heads = bench_mod.columns(rows)
+    for col, head in zip(cols, heads):
+        table.add_column(head, justify="left" if col in ("method", "preset", "quantize") else "right")
     for r in rows:
-        table.add_row(*(bench_mod._fmt(r.get(c), c) for c in bench_mod.MD_COLUMNS))
+        table.add_row(*(bench_mod._fmt(r.get(c), c) for c in cols))
     out_console.print(table)
     note(f"wrote {paths['json']}, {paths['md']}, {paths['png']}")

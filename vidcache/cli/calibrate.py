@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -45,7 +44,7 @@ def calibrate(
     height: HeightOpt = None,
     width: WidthOpt = None,
     steps: StepsOpt = None,
-    seed: SeedOpt = 0,
+    seed: SeedOpt = None,
     device: DeviceOpt = Device.auto,
     dtype: DTypeOpt = DType.auto,
     json_out: Annotated[bool, typer.Option("--json", help="Print the fit as JSON on stdout.")] = False,
@@ -85,7 +84,9 @@ def calibrate(
     for warning in result.warnings():
         warn(warning)
     if json_out:
-        sys.stdout.write(json.dumps(summary, indent=2) + "\n")
+        from ..video import dumps
+
+        sys.stdout.write(dumps(summary))
         return
     note(f"teacache coefficients for {plan.model.name}: {len(result.x)} pairs from {result.videos} videos, "
          f"mean relative fit error {summary['mean_rel_error']:.3f}; wrote {out} (use: --cache teacache "

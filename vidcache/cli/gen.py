@@ -6,9 +6,9 @@ real annotation objects of ``_gen_template``'s parameters.
 
 import functools
 import inspect
-import json
 import os
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
@@ -17,7 +17,7 @@ import typer
 from rich.markup import escape
 
 from ..errors import EXIT_OK, EXIT_SOME_FAILED, RankLost, VidcacheError, one_line
-from .app import app, err_console, fail, out_console, progress
+from .app import app, err_console, fail, note, out_console, progress
 from .options import (
     Attention,
     AttentionOpt,
@@ -28,20 +28,28 @@ from .options import (
     DeviceOpt,
     DType,
     DTypeOpt,
+    Fit,
+    FitOpt,
     FlowShiftOpt,
     FpsOpt,
     FramesOpt,
     GuidanceOpt,
     HeightOpt,
+    ImageOpt,
     ModelOpt,
     NegativeOpt,
     PresetOpt,
     PromptOpt,
+    QualityOpt,
+    Quantize,
+    QuantizeOpt,
     SeedOpt,
     SetOpt,
     StepsOpt,
     WidthOpt,
 )
+
+RANK_EXIT_GRACE_S = 3.0  # under torchrun: how long ranks other than 0 wait before exiting on a refusal
 
 
 def _gen_template(
@@ -50,7 +58,10 @@ def _gen_template(
     )] = None,
     prompt: PromptOpt = [],  # noqa: B006
     model: ModelOpt = "tiny",
+    image: ImageOpt = None,
+    fit: FitOpt = Fit.crop,
     cache: CacheOpt = "none",
+    quality: QualityOpt = None,
     preset: PresetOpt = None,
     set_: SetOpt = [],  # noqa: B006
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path("outputs"),
@@ -62,10 +73,11 @@ def _gen_template(
     negative_prompt: NegativeOpt = None,
     flow_shift: FlowShiftOpt = None,
     fps: FpsOpt = None,
-    seed: SeedOpt = 0,
+    seed: SeedOpt = None,
     device: DeviceOpt = Device.auto,
     dtype: DTypeOpt = DType.auto,
     attention: AttentionOpt = Attention.auto,
+    quantize: QuantizeOpt = Quantize.none,
     offload: Annotated[bool, typer.Option(help="Model CPU offload: one component on the GPU at a time.")] = False,
     sequential_offload: Annotated[bool, typer.Option(
         help="Sequential CPU offload: least GPU memory, slowest.")] = False,
@@ -111,13 +123,16 @@ class GenArgs:
         flags = {k: v[k] for k in ("frames", "height", "width", "steps", "guidance", "negative_prompt",
                                    "flow_shift", "fps")}
         return RunConfig(
-            model=v["model"], cache=v["cache"], preset_file=str(v["preset"]) if v["preset"] else None,
+            model=v["model"], cache=v["cache"], quality=v["quality"],
+            preset_file=str(v["preset"]) if v["preset"] else None,
             sets=list(v["set_"]), out=v["out"], overwrite=v["overwrite"], shard=v["shard"], seed=v["seed"],
             flags=flags,
             load=LoadOptions(device=v["device"].value, dtype=v["dtype"].value, attention=v["attention"].value,
                              offload=v["offload"], sequential_offload=v["sequential_offload"],
-                             group_offload=v["group_offload"], compile=v["compile_"]),
+                             group_offload=v["group_offload"], compile=v["compile_"],
+                             quantize=v["quantize"].value),
             parallel=ParallelOptions(ulysses=v["ulysses"], ring=v["ring"], cfg=v["cfg_parallel"]),
+            image=str(v["image"]) if v["image"] is not None else None, fit=v["fit"].value,
         )
 
     def prompts(self):
@@ -175,31 +190,58 @@ class RichEvents:
 
 
 def print_summary(summary: dict[str, Any], title: str, json_out: bool) -> None:
-    """The run summary: JSON on stdout, or the table and one line per failed video."""
+    """The run summary: JSON on stdout, or the table, where the files are, and one line per video
+    that failed or was left to another process."""
     from ..report import summary_table
+    from ..video import dumps
 
     if json_out:
-        sys.stdout.write(json.dumps(summary, indent=2) + "\n")
+        sys.stdout.write(dumps(summary))
         return
+    out = summary["out"]
     out_console.print(summary_table(summary["videos"], title))
+    where = f"videos and reports (NAME.mp4, NAME.json) in {out}"
+    if summary.get("summary_file"):
+        where += f"; this run's summary: {os.path.join(out, summary['summary_file'])} (also {out}/run.json)"
+    out_console.print(escape(where), highlight=False, soft_wrap=True)
     for row in summary["videos"]:
         if row["status"] == "failed":
-            err_console.print(f"[red]failed[/red] {escape(row['name'])}: {escape(row['error'])}", highlight=False)
+            err_console.print(f"[red]failed[/red] {escape(row['name'])}: {escape(row['error'])}", highlight=False,
+                              soft_wrap=True)
+        elif row["status"] == "claimed":
+            err_console.print(f"[yellow]claimed[/yellow] {escape(row['name'])}: being rendered by "
+                              f"{escape(row['owner'])}; a later run reports its outcome", highlight=False,
+                              soft_wrap=True)
 
 
 @app.command()
 @gen_options
 def gen(*, args: GenArgs) -> None:
     """Generate one MP4 and one timing report per prompt."""
+    from .. import interrupts
+
+    interrupts.install()  # SIGTERM like Ctrl-C, from here on: one line, 128 + the signal
+    try:
+        _gen(args)
+    finally:
+        interrupts.restore()
+
+
+def _gen(args: GenArgs) -> None:
     import contextlib
 
-    from ..parallel import is_main
-    from ..runner import Runner, plan_run
+    from .. import interrupts
 
-    main = is_main()  # under torchrun only rank 0 prints
     debug = args.debug
+    main = os.environ.get("RANK", "0") == "0"  # under torchrun only rank 0 prints (parallel.is_main)
     try:
+        with interrupts.deferred():  # a signal during the imports takes effect after them, cleanly
+            from ..runner import Runner, plan_run
         plan = plan_run(args.run_config(), args.prompts())
+        if plan.auto is not None and main:
+            from ..tune.auto import describe
+
+            note(describe(plan.method, plan.auto))
         with progress() if main else contextlib.nullcontext() as bars:
             runner = Runner(plan, RichEvents(bars) if main else None)
             try:
@@ -213,13 +255,18 @@ def gen(*, args: GenArgs) -> None:
         sys.stdout.flush()
         os._exit(err.exit_code)
     except VidcacheError as err:
+        if not main:  # every rank refuses alike; rank 0 says why: leave it time to, before torchrun,
+            time.sleep(RANK_EXIT_GRACE_S)  # seeing this rank's exit, stops it
         fail(err, debug, err.exit_code, show=main)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as err:
+        by = f" by {err.name}" if isinstance(err, interrupts.Interrupted) else ""
         if main:
-            err_console.print("[red]interrupted[/red]: finished videos are kept; run again to resume")
-        raise typer.Exit(130) from None
+            err_console.print(f"[red]interrupted{by}[/red]: finished videos are kept; run again to resume",
+                              highlight=False, soft_wrap=True)
+        raise typer.Exit(getattr(err, "exit_code", 130)) from None
     except Exception as err:  # noqa: BLE001 - a traceback only with --debug
         fail(one_line(err), debug, 1, show=main)
     if main:
-        print_summary(summary, f"vidcache: {plan.model.name}, cache {args.cache}", args.json_out)
+        print_summary(summary, f"vidcache: {plan.model.name}, cache {plan.method if plan.auto else args.cache}",
+                      args.json_out)
     raise typer.Exit(EXIT_SOME_FAILED if summary["counts"]["failed"] else EXIT_OK)

@@ -49,11 +49,16 @@ class FamilyAdapter:
     # pipeline class -> mode ("t2v": text to video, "i2v": image to video)
     pipelines: ClassVar[dict[str, str]]
     transformer_classes: ClassVar[tuple[str, ...]]
+    # the shipped preset a folder or hub id of this family starts from, per mode ("t2v" is required)
+    folder_presets: ClassVar[dict[str, str]]
 
     # CFG: "separate" (two forwards per step in cache contexts "cond" / "uncond"), "batched" (one
     # forward on [uncond, cond]) or "distilled" (guidance-distilled: one forward per step)
     cfg_layout: ClassVar[str]
     batched_inputs: ClassVar[tuple[str, ...]] = ()  # transformer inputs batched [uncond, cond]
+    # "separate": the cache-context names the pipeline gives its cond and uncond forwards; the caches
+    # and CFG-parallel see them as "cond" / "uncond" (``branch_of``)
+    cfg_contexts: ClassVar[tuple[str, str]] = ("cond", "uncond")
 
     # blocks: the lists holding the stack, in execution order, and which attribute of a block holds
     # which kind of attention ("spatial": self-attention over the video tokens, "cross": text)
@@ -72,6 +77,7 @@ class FamilyAdapter:
     frame_step: ClassVar[int] = 4  # frames must be frame_step * k + 1
     max_frames: ClassVar[int | None] = None
     size_multiple: ClassVar[int] = 16
+    image_size_modes: ClassVar[tuple[str, ...]] = ()  # modes whose pipeline takes its size from the image
     uses_flow_shift: ClassVar[bool] = True
     accepts_negative_prompt: ClassVar[bool] = True
 
@@ -79,6 +85,8 @@ class FamilyAdapter:
     vae_fp32: ClassVar[bool] = False  # keep the VAE in fp32 whatever the dtype
     needs_attention_mask: ClassVar[bool] = False  # attention kernels without masks cannot run it
     flash3_auto: ClassVar[bool] = False  # --attention auto may pick FlashAttention-3 on Hopper
+    # its attention goes through diffusers' dispatcher, so --attention's backends reach it in one process
+    dispatches_attention: ClassVar[bool] = True
 
     # context parallelism: the joint [text, video] sequence is split (else only video tokens are)
     cp_joint_sequence: ClassVar[bool] = False
@@ -108,14 +116,32 @@ class FamilyAdapter:
         of the families it ships metadata for; a family it does not cover registers its own here
         (called by ``registry.adapter_of``, so once per cache attachment: keep it idempotent)."""
 
-    def mode_of(self, pipeline_class: str) -> str:
+    def branch_of(self, context: str) -> str:
+        """vidcache's name of a cache context: "cond" / "uncond" for the pipeline's own names of its two
+        CFG forwards (HunyuanVideo 1.5's guider calls them "pred_cond" / "pred_uncond"), any other as is."""
+        cond, uncond = self.cfg_contexts
+        return "cond" if context == cond else "uncond" if context == uncond else context
+
+    def cfg_active(self, pipe: Any) -> bool | None:
+        """Whether the pipeline runs its unconditional branch now (None: it cannot tell)."""
+        value = getattr(pipe, "do_classifier_free_guidance", None)
+        return value if isinstance(value, bool) else None
+
+    def mode_of_index(self, pipeline_class: str, index: dict[str, Any]) -> str:
+        """The mode of a folder from its model_index.json: "t2v", "i2v", or "ti2v" (a checkpoint
+        that takes an image or not, e.g. Wan 2.2 TI2V-5B)."""
         return self.pipelines.get(pipeline_class, "t2v")
 
     def pipeline_class(self, mode: str) -> str:
+        """The pipeline class that runs ``mode`` ("ti2v" checkpoints load as text-to-video)."""
+        mode = "t2v" if mode == "ti2v" else mode
         for cls, m in self.pipelines.items():
             if m == mode:
                 return cls
         raise KeyError(mode)
+
+    def folder_preset(self, mode: str) -> str:
+        return self.folder_presets.get(mode, self.folder_presets["t2v"])
 
     @property
     def modes(self) -> tuple[str, ...]:
@@ -128,8 +154,33 @@ class FamilyAdapter:
         limit = max_frames or self.max_frames
         return limit is None or frames <= limit
 
+    def size_from_image(self, mode: str, image_size: tuple[int, int],
+                        transformer_config: dict[str, Any] | None) -> tuple[int, int] | None:
+        """(height, width) this family makes from an image of ``image_size`` (width, height) in
+        ``mode``, one of ``image_size_modes``, whose pipeline takes no size of its own (HunyuanVideo
+        1.5 image-to-video); None: the video has the job's height x width, the image fitted to it."""
+        return None
+
+    def pipeline_kwargs(self, kwargs: dict[str, Any], mode: str, pipe: Any = None) -> dict[str, Any]:
+        """The pipeline call's arguments, adjusted for this family. The runner builds prompt,
+        negative_prompt (when ``accepts_negative_prompt``), height, width, num_frames,
+        num_inference_steps, guidance_scale(_2), generator, output_type, max_sequence_length,
+        the step callback and, for image-to-video, ``image`` (fitted to height x width). ``pipe``:
+        the pipeline to be called, for what a family sets on it rather than passes (a guider)."""
+        return kwargs
+
+    def text_tokens(self, text_len: int) -> int:
+        """The text-stream tokens the transformer carries for a prompt budget of ``text_len`` (memory
+        estimates): the budget itself, unless the family adds tokens of its own."""
+        return text_len
+
     def text_len_rule(self, transformer_config: dict[str, Any], mode: str) -> tuple[int | None, str]:
         """The text length this folder's transformer requires, and why (None: any length)."""
+        return None, ""
+
+    def size_rule(self, transformer_config: dict[str, Any], s_comp: int) -> tuple[tuple[int, int] | None, str]:
+        """The (height, width) in pixels this transformer requires, and why (None: any size that
+        divides as the geometry says); ``s_comp`` is the VAE's spatial compression."""
         return None, ""
 
     # -- TeaCache -------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ class CogVideoXAdapter(FamilyAdapter):
     name = "cogvideox"
     pipelines = {"CogVideoXPipeline": "t2v", "CogVideoXImageToVideoPipeline": "i2v"}
     transformer_classes = ("CogVideoXTransformer3DModel",)
+    folder_presets = {"t2v": "cogvideox", "i2v": "cogvideox-5b-i2v"}
     cfg_layout = "batched"
     batched_inputs = ("hidden_states", "encoder_hidden_states", "timestep", "timestep_cond", "ofs")
     block_lists = ("transformer_blocks",)
@@ -28,6 +29,7 @@ class CogVideoXAdapter(FamilyAdapter):
     max_frames = 49
     uses_flow_shift = False
     cp_joint_sequence = True  # see cogvideox_cp.CogVideoXSplitHooks
+    dispatches_attention = False  # its processor calls SDPA itself (under CP: cogvideox_cp's processor)
 
     def text_len_rule(self, transformer_config: dict[str, Any], mode: str) -> tuple[int | None, str]:
         """Positional embeddings (sincos, as in CogVideoX-2B, or learned, as in 5B-I2V) are laid out
@@ -38,6 +40,14 @@ class CogVideoXAdapter(FamilyAdapter):
             return None, ""
         n = int(transformer_config.get("max_text_seq_length", 226))
         return n, f"its positional embeddings are laid out for max_text_seq_length = {n} text tokens"
+
+    def size_rule(self, transformer_config: dict[str, Any], s_comp: int) -> tuple[tuple[int, int] | None, str]:
+        """Learned positional embeddings (CogVideoX-5B-I2V) exist for the sample size only."""
+        if not transformer_config.get("use_learned_positional_embeddings", False):
+            return None, ""
+        size = (int(transformer_config.get("sample_height", 60)) * s_comp,
+                int(transformer_config.get("sample_width", 90)) * s_comp)
+        return size, "its learned positional embeddings exist for that size only"
 
     def teacache_coefficients(self, config: Any, retention: bool) -> tuple[str | None, str | None]:
         dim = config.num_attention_heads * config.attention_head_dim
@@ -83,4 +93,6 @@ NAMES = (
               geometry=Geometry(30, 1, 2), aliases=("cogvideox-2b",)),
     ModelName("cogvideox-5b", "cogvideox", "THUDM/CogVideoX-5b", "CogVideoX 5B, 480x720, 8 fps", "cogvideox-5b",
               geometry=Geometry(48, 1, 2)),
+    ModelName("cogvideox-5b-i2v", "cogvideox", "THUDM/CogVideoX-5b-I2V", "CogVideoX 5B image-to-video, 480x720, 8 fps",
+              "cogvideox-5b-i2v", mode="i2v", geometry=Geometry(48, 1, 2)),
 )

@@ -6,7 +6,11 @@ as the model does. After Ulysses' all-to-all (or along the ring) each text key w
 once per rank, which changes the softmax; a hook on every block rewrites the model's attention mask
 so that each text key counts exactly once (a boolean mask under Ulysses: only Ulysses rank 0's copy
 is visible, exact; an additive ``-log(ring)`` bias under ring attention, exact up to rounding).
-Padded text tokens stay masked."""
+Padded text tokens stay masked.
+
+HunyuanVideo-I2V's token-replace blocks modulate the first ``num_tokens`` video tokens (the first
+latent frame) apart: counted on the whole sequence, a count each rank must cut to its own shard
+(``FirstFrameTokensHook``)."""
 
 from __future__ import annotations
 
@@ -80,4 +84,33 @@ class JointTextMaskHook(ModelHook):
             kwargs["attention_mask"] = self.memo["mask"]
         else:
             args[3] = self.memo["mask"]
+        return tuple(args), kwargs
+
+
+class FirstFrameTokensHook(ModelHook):
+    """On each HunyuanVideo-I2V token-replace block: the first frame's token count, as this rank sees it.
+
+    The model counts the first latent frame's tokens on the whole sequence and every token-replace
+    block treats that many leading video tokens apart. Under the plan above, shard ``index`` holds
+    video tokens ``[index * n, (index + 1) * n)``: the first-frame tokens are a prefix of it, of
+    ``clamp(count - index * n, 0, n)`` tokens."""
+
+    def __init__(self, index: int) -> None:
+        super().__init__()
+        self.index = index
+
+    def pre_forward(self, module: torch.nn.Module, *args: Any, **kwargs: Any) -> tuple[tuple, dict]:
+        # (hidden_states, encoder_hidden_states, temb, attention_mask, rotary, token_replace_emb, num_tokens)
+        args = list(args)
+        hidden = kwargs.get("hidden_states", args[0] if args else None)
+        in_kwargs = "num_tokens" in kwargs
+        count = kwargs["num_tokens"] if in_kwargs else (args[6] if len(args) > 6 else None)
+        if count is None or hidden is None:
+            return tuple(args), kwargs
+        n = hidden.shape[1]
+        local = max(0, min(n, int(count) - self.index * n))
+        if in_kwargs:
+            kwargs["num_tokens"] = local
+        else:
+            args[6] = local
         return tuple(args), kwargs

@@ -9,18 +9,18 @@ from __future__ import annotations
 
 import functools
 import json
-import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from .. import hub
 from ..errors import UsageError
-from . import cogvideox, hunyuan, wan
+from . import cogvideox, hunyuan, hunyuan15, wan
 from .adapter import FamilyAdapter
 from .geometry import config_file
 from .spec import ModelName
 
-_FAMILY_MODULES = (wan, cogvideox, hunyuan)
+_FAMILY_MODULES = (wan, cogvideox, hunyuan, hunyuan15)
 
 ADAPTERS: dict[str, FamilyAdapter] = {m.ADAPTER.name: m.ADAPTER for m in _FAMILY_MODULES}
 NAMES: dict[str, ModelName] = {n.name: n for m in _FAMILY_MODULES for n in m.NAMES}
@@ -32,7 +32,8 @@ EMBEDDED_DIR = Path(__file__).resolve().parent.parent / "assets" / "tiny"
 @dataclass(frozen=True)
 class ResolvedModel:
     """``source`` is what ``from_pretrained`` gets: a hub id or a local folder. ``family`` is the
-    family's adapter; ``mode`` "t2v" or "i2v"; ``pipeline_class`` the diffusers class to load."""
+    family's adapter; ``mode`` "t2v", "i2v" or "ti2v" (either, until ``for_jobs`` picks one);
+    ``pipeline_class`` the diffusers class to load."""
 
     name: str
     family: FamilyAdapter
@@ -45,9 +46,13 @@ class ResolvedModel:
 
     @property
     def size_multiple(self) -> int:
+        """Sizes must divide by the VAE's compression times the patch size (32 for Wan 2.2 TI2V-5B)."""
         if self.known and self.known.size_multiple:
             return self.known.size_multiple
-        return self.family.size_multiple
+        from .geometry import model_geometry
+
+        geo = model_geometry(self) if not self.known else None
+        return max(self.family.size_multiple, geo.s_comp * geo.patch) if geo else self.family.size_multiple
 
     @property
     def max_frames(self) -> int | None:
@@ -60,6 +65,59 @@ class ResolvedModel:
     def transformer_config(self) -> dict[str, Any] | None:
         """The folder's (or the HF cache's) ``transformer/config.json``; None when not on disk."""
         return _transformer_config(self.source, self.is_local)
+
+    def for_jobs(self, jobs: list[Any]) -> ResolvedModel:
+        """The model in the mode its jobs ask for (image-to-video when they carry an image), or one
+        ``UsageError`` line when the model cannot take them."""
+        with_image = [j for j in jobs if j.image]
+        without = [j for j in jobs if not j.image]
+        if with_image and without:
+            raise UsageError(f"job {without[0].name} has no image but job {with_image[0].name} has one: a run is "
+                             "either image-to-video or text-to-video; split the prompt file")
+        want = "i2v" if with_image else "t2v"
+        if self.mode == want:
+            return self
+        if self.mode == "ti2v":
+            return replace(self, mode=want, pipeline_class=self.family.pipeline_class(want))
+        if want == "i2v":
+            raise UsageError(f"--image: {self.name} is a text-to-video model; image-to-video needs one of "
+                             f"{', '.join(n.name for n in NAMES.values() if n.mode != 't2v')} "
+                             "(or a folder of an image-to-video pipeline)")
+        raise UsageError(f"{self.name} is an image-to-video model: give --image PATH, or an 'image' per line "
+                         f"of a .jsonl prompt file ({without[0].name} has none)")
+
+    def sized_from_images(self, jobs: list[Any], prompts: list[Any], flags: dict[str, Any]) -> list[Any]:
+        """The jobs with the size their image gives, for a pipeline that takes no size
+        (``FamilyAdapter.size_from_image``: HunyuanVideo 1.5 image-to-video makes the bucket nearest
+        the image's aspect ratio), so that the report, the memory estimate and the split check see the
+        video's real size; a height or width asked for (a flag, a .jsonl line) is refused, not ignored.
+        Other models' jobs come back as they are."""
+        from PIL import Image
+
+        out = []
+        for job in jobs:
+            size = None
+            if job.image:
+                with Image.open(job.image) as img:
+                    size = self.family.size_from_image(self.mode, img.size, self.transformer_config())
+            if size is None:
+                out.append(job)
+                continue
+            line = prompts[job.index]
+            asked = ("--height / --width" if any(flags.get(k) is not None for k in ("height", "width")) else
+                     f"{line.where}: 'height' / 'width'" if {"height", "width"} & set(line.overrides) else None)
+            if asked:
+                raise UsageError(f"{asked}: {self.name} takes its size from the image ({job.name or job.where}: "
+                                 f"{size[0]}x{size[1]}, the bucket nearest its aspect ratio); drop them")
+            out.append(replace(job, height=size[0], width=size[1]))
+        return out
+
+    def required_size(self) -> tuple[tuple[int, int] | None, str]:
+        """The (height, width) the checkpoint's own config fixes, and why (None: free)."""
+        from .geometry import model_geometry
+
+        config, geo = self.transformer_config(), model_geometry(self)
+        return self.family.size_rule(config, geo.s_comp) if config and geo else (None, "")
 
     def required_text_len(self) -> tuple[int | None, str]:
         """The text length the checkpoint's own config fixes, and why (None: any length, or the
@@ -98,7 +156,7 @@ def family_of_index(index: dict, where: str) -> tuple[FamilyAdapter, str, str]:
     tr_cls = tr[1] if isinstance(tr, (list, tuple)) and len(tr) == 2 else None
     for adapter in ADAPTERS.values():
         if cls in adapter.pipelines:
-            return adapter, adapter.pipelines[cls], cls
+            return adapter, adapter.mode_of_index(cls, index), cls
     for adapter in ADAPTERS.values():
         if tr_cls in adapter.transformer_classes:
             return adapter, "t2v", adapter.pipeline_class("t2v")
@@ -129,7 +187,7 @@ def _cached_hub_index(repo_id: str) -> dict | None:
     except ImportError:  # pragma: no cover - a dependency of diffusers
         return None
     for local_only in (True, False):
-        if not local_only and os.environ.get("HF_HUB_OFFLINE") == "1":
+        if not local_only and not hub.reachable():  # offline: fail now, not after the hub's retries
             break
         try:
             path = hf_hub_download(repo_id, "model_index.json", local_files_only=local_only)
@@ -142,7 +200,7 @@ def _cached_hub_index(repo_id: str) -> dict | None:
 def _from_index(name: str, source: str, index: dict, where: str) -> ResolvedModel:
     adapter, mode, cls = family_of_index(index, where)
     two = bool(index.get("transformer_2") and index["transformer_2"][0])
-    return ResolvedModel(name, adapter, source, adapter.name, None, two, mode, cls)
+    return ResolvedModel(name, adapter, source, adapter.folder_preset(mode), None, two, mode, cls)
 
 
 def resolve(model: str) -> ResolvedModel:

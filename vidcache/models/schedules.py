@@ -5,8 +5,9 @@ settings were tuned on DDPM-like schedules: with Wan's flow shift the same windo
 different steps. The presets therefore choose their windows against these schedules, for the
 model's default step count, and ``docs/caches.md`` lists the steps each window covers. The scheduler
 configurations are those of the models' diffusers repositories (Wan: UniPC with flow prediction;
-HunyuanVideo: flow-match Euler, shift 7; CogVideoX: DDIM, trailing spacing), with the flow shift of
-the preset's ``[defaults]`` where it sets one.
+HunyuanVideo and HunyuanVideo-I2V: flow-match Euler, shift 7; HunyuanVideo 1.5 480p: the same, shift 5,
+its README's value; CogVideoX: DDIM, trailing spacing), with the flow shift of the preset's
+``[defaults]`` where it sets one.
 """
 
 from __future__ import annotations
@@ -42,8 +43,18 @@ REFERENCE_SCHEDULERS: dict[str, tuple[str, dict[str, Any], str | None]] = {
         "UniPCMultistepScheduler", {**_WAN_UNIPC, "flow_shift": 12.0}, "flow_shift"
     ),
     "hunyuan": ("FlowMatchEulerDiscreteScheduler", {"shift": 7.0}, "shift"),
+    "hunyuan-i2v": ("FlowMatchEulerDiscreteScheduler", {"shift": 7.0}, "shift"),
+    # HunyuanVideo 1.5, 480p: flow-match Euler, shift 5 (its README's optimal configuration)
+    "hunyuan15": ("FlowMatchEulerDiscreteScheduler", {"shift": 5.0}, "shift"),
+    "hunyuan15-i2v": ("FlowMatchEulerDiscreteScheduler", {"shift": 5.0}, "shift"),
     "cogvideox": ("CogVideoXDDIMScheduler", {**_COGVIDEOX_DDIM, "snr_shift_scale": 3.0}, None),
     "cogvideox-5b": ("CogVideoXDDIMScheduler", {**_COGVIDEOX_DDIM, "snr_shift_scale": 1.0}, None),
+    # image-to-video: Wan 2.1 I2V at Wan's shifts for 480p / 720p, Wan 2.2 I2V A14B at its own I2V
+    # shift 5; CogVideoX-5B-I2V as the 5B
+    "wan-i2v": ("UniPCMultistepScheduler", {**_WAN_UNIPC, "flow_shift": 3.0}, "flow_shift"),
+    "wan-i2v-720p": ("UniPCMultistepScheduler", {**_WAN_UNIPC, "flow_shift": 5.0}, "flow_shift"),
+    "wan2.2-i2v-a14b": ("UniPCMultistepScheduler", {**_WAN_UNIPC, "flow_shift": 5.0}, "flow_shift"),
+    "cogvideox-5b-i2v": ("CogVideoXDDIMScheduler", {**_COGVIDEOX_DDIM, "snr_shift_scale": 1.0}, None),
 }
 
 

@@ -18,7 +18,7 @@ class ModelName:
     source: str  # hub id, or "embedded" for the packaged tiny model
     description: str
     preset: str
-    mode: str = "t2v"  # "t2v" or "i2v"
+    mode: str = "t2v"  # "t2v", "i2v", or "ti2v" (takes an image or not)
     geometry: Geometry | None = None
     size_multiple: int | None = None  # overrides the family's (Wan 2.2 TI2V-5B: 32)
     max_frames: int | None = None

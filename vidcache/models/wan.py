@@ -13,6 +13,7 @@ class WanAdapter(FamilyAdapter):
     name = "wan"
     pipelines = {"WanPipeline": "t2v", "WanImageToVideoPipeline": "i2v"}
     transformer_classes = ("WanTransformer3DModel",)
+    folder_presets = {"t2v": "wan", "i2v": "wan-i2v", "ti2v": "wan2.2-ti2v-5b"}
     cfg_layout = "separate"
     block_lists = ("blocks",)
     # no separate temporal attention: ``attn1`` attends over all video tokens, ``attn2`` to the text
@@ -22,6 +23,11 @@ class WanAdapter(FamilyAdapter):
     frame_rule = "Wan takes 4k+1 frames (5, 9, ..., 81, ...)"
     vae_fp32 = True  # numerically fragile in half precision; the reference code keeps it in fp32
     flash3_auto = True  # diffusers' FA3 backend takes no mask: fine for Wan, which needs none
+
+    def mode_of_index(self, pipeline_class: str, index: dict[str, Any]) -> str:
+        if pipeline_class == "WanPipeline" and index.get("expand_timesteps"):
+            return "ti2v"  # Wan 2.2 TI2V: the first latent frame is the image's when one is given
+        return super().mode_of_index(pipeline_class, index)
 
     def text_len_rule(self, transformer_config: dict[str, Any], mode: str) -> tuple[int | None, str]:
         if mode == "i2v" and transformer_config.get("image_dim") is not None:
@@ -73,9 +79,18 @@ NAMES = (
     ModelName("wan-14b", "wan", "Wan-AI/Wan2.1-T2V-14B-Diffusers", "Wan 2.1 text-to-video 14B, 720p", "wan-14b",
               geometry=Geometry(40, 1, 2), aliases=("wan2.1-t2v-14b",)),
     ModelName("wan2.2-ti2v-5b", "wan", "Wan-AI/Wan2.2-TI2V-5B-Diffusers",
-              "Wan 2.2 text/image-to-video 5B, 720p, 24 fps", "wan2.2-ti2v-5b",
+              "Wan 2.2 text/image-to-video 5B, 720p, 24 fps", "wan2.2-ti2v-5b", mode="ti2v",
               geometry=Geometry(24, 1, 2, s_comp=16), size_multiple=32),
     ModelName("wan2.2-t2v-a14b", "wan", "Wan-AI/Wan2.2-T2V-A14B-Diffusers",
               "Wan 2.2 text-to-video A14B, two expert transformers (high / low noise)", "wan2.2-t2v-a14b",
               geometry=Geometry(40, 1, 2), two_experts=True),
+    ModelName("wan-i2v", "wan", "Wan-AI/Wan2.1-I2V-14B-480P-Diffusers",
+              "Wan 2.1 image-to-video 14B, 480p, CLIP image encoder", "wan-i2v", mode="i2v",
+              geometry=Geometry(40, 1, 2), aliases=("wan2.1-i2v-14b-480p", "wan-i2v-480p")),
+    ModelName("wan-i2v-720p", "wan", "Wan-AI/Wan2.1-I2V-14B-720P-Diffusers",
+              "Wan 2.1 image-to-video 14B, 720p, CLIP image encoder", "wan-i2v-720p", mode="i2v",
+              geometry=Geometry(40, 1, 2), aliases=("wan2.1-i2v-14b-720p",)),
+    ModelName("wan2.2-i2v-a14b", "wan", "Wan-AI/Wan2.2-I2V-A14B-Diffusers",
+              "Wan 2.2 image-to-video A14B, two expert transformers (high / low noise)", "wan2.2-i2v-a14b",
+              mode="i2v", geometry=Geometry(40, 1, 2), two_experts=True),
 )
