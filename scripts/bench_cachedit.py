@@ -35,7 +35,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--thresholds", default="0.08", help="comma-separated residual_diff_threshold values")
     p.add_argument("--fn", type=int, default=1, help="Fn_compute_blocks")
     p.add_argument("--bn", type=int, default=0, help="Bn_compute_blocks")
-    p.add_argument("--warmup", type=int, default=2, help="max_warmup_steps")
+    p.add_argument("--warmup", type=int, default=8, help="max_warmup_steps (cache-dit's default 8)")
     p.add_argument("--max-continuous", type=int, default=-1, help="max_continuous_cached_steps")
     p.add_argument("--timing", action="store_true", help="paired uncached/cached timing (else quality only)")
     p.add_argument("--out", type=Path, required=True, help="JSON file for the rows")
@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
                 if args.timing:
                     speedups.append(base_timing["denoise_s"] / report["timing"]["denoise_s"])
             rows.append({
-                "method": "cache-dit-dbcache", "preset": f"F{args.fn}B{args.bn} r{th:g}",
+                "method": "cache-dit-dbcache", "preset": f"F{args.fn}B{args.bn}W{args.warmup} r{th:g}",
                 "speedup": statistics.median(speedups) if speedups else None,
                 "compute_ratio": statistics.mean(x["compute_ratio"] for x in samples),
                 **bench.psnr_summary(samples),

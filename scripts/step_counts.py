@@ -20,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-METHODS = ("pab", "fastercache", "teacache", "adacache", "mixcache", "fbcache", "taylorseer", "magcache")
+METHODS = ("pab", "fastercache", "teacache", "adacache", "mixcache", "fbcache", "taylorseer", "magcache", "seacache")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -55,7 +55,11 @@ def main(argv: list[str] | None = None) -> int:
         for method in methods:
             stated = plan_run(RunConfig(model=args.model, cache=method, sets=list(args.sets), out=scratch),
                               prompts).cache_params
-            variants = {"stretched": stated}
+            # AdaCache follows the steps by its own rule (codebook_steps); a method without step-counted
+            # parameters (diffusers' SeaCache) runs as given at every step count
+            label = ("stretched" if "schedule_steps" in stated else
+                     "its own rule" if "codebook_steps" in stated else "as given")
+            variants = {label: stated}
             if args.as_given and stated.get("schedule_steps") not in (None, steps):
                 variants["as given"] = {**stated, "schedule_steps": steps}
             for label, params in variants.items():
@@ -87,9 +91,10 @@ def table(rows: list[dict]) -> str:
     head = "| method | counts | " + " | ".join(f"{s} steps: PSNR, compute" for s in steps) + " | PSNR spread |"
     lines = [head, "|" + "---|" * (len(steps) + 3)]
     for method in dict.fromkeys(r["method"] for r in rows):
-        for label in ("stretched", "as given"):
+        for label in ("stretched", "its own rule", "as given"):
             got = {r["steps"]: r for r in rows if r["method"] == method and r["counts"] == label}
-            if label == "as given":  # the stated step count runs once: its row serves both
+            if label == "as given" and any(r["method"] == method and r["counts"] == "stretched" for r in rows):
+                # the stated step count runs once: its row serves both
                 got = {s: got.get(s) or next(r for r in rows if r["method"] == method and r["steps"] == s)
                        for s in steps}
             if len(got) < len(steps):

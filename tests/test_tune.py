@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import statistics
 
 import pytest
 from typer.testing import CliRunner
@@ -315,3 +316,34 @@ def test_speedup_target_keeps_the_best_psnr_at_that_speed(tuned):
     from vidcache import presets
 
     assert presets.load_file(fast).tuned["target_speedup"] == 1.3
+
+
+def test_every_cache_method_has_a_knob():
+    """Whatever `--cache` can run, `vidcache tune --cache` can tune (diffusers' SeaCache included)."""
+    from vidcache import caches
+    from vidcache.tune import knobs
+
+    assert set(knobs.BUILDERS) == set(caches.REGISTRY)
+
+
+def test_a_backed_off_setting_is_refined_towards_the_miss(monkeypatch):
+    """The bracket prompts are easier than the others: the bracket's candidate misses on all prompts,
+    a gentler one meets the target; the search then bisects between the two on all prompts instead of
+    keeping the gentler one (which can be far slower than needed)."""
+    from vidcache.tune import search
+    from vidcache.tune.knobs import Knob, Line
+
+    monkeypatch.setattr(search, "BACKOFFS", 10)
+    offsets = [3.0, 3.0, -3.0, -3.0]  # PSNR = 60 - 40 x + offset; bracket: the first two
+
+    def measure(point, indices):
+        for i in indices:
+            c = 1 - 0.6 * point.x
+            point.per_prompt[i] = {"psnr": 60 - 40 * point.x + offsets[i], "ssim": 1.0, "compute_ratio": c,
+                                   "attention_compute_ratio": c, "speedup": 1 / c}
+
+    knob = Knob("synthetic", "x", {}, lambda params, x: ({**params, "x": x}, f"x{x:.4f}"), [Line("preset", {})])
+    result = search.Search(search.Target(psnr=35.0), measure, [0, 1, 2, 3]).run(knob)
+    s = result.chosen.summary()
+    limit = (60 - 35 - statistics.stdev(offsets) / 2) / 40  # the most aggressive x meeting it on all four
+    assert s["psnr"] - s["psnr_se"] >= 35.0 and limit - 0.02 < result.chosen.x <= limit

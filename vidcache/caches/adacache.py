@@ -56,8 +56,10 @@ them). A codebook is stated for ``codebook_steps`` steps; for a run of ``N`` ste
   the step count grows 3.33 times, so a reuse length grows as ``k ** p``, not as ``k`` (a reuse
   of the same *fraction* of the trajectory would be 20, 16, 13, 10, 6 at 100 steps: the authors
   reused less, since the metric is noisier per step at fine steps and an error compounds over
-  more reused steps). floor: never longer than the books' rule, the quality side. The catch-all
-  entry (1 -> 3) is the one the power does not match (it gives 2).
+  more reused steps). floor: never longer than the books' rule, the quality side, except that an
+  entry that reuses (2 steps or more) keeps reusing at fewer steps (2 at least: a codebook whose
+  longest reuse is 2 would otherwise never reuse below its stated step count). The catch-all entry
+  (1 -> 3) is the one the power does not match (it gives 2).
 * the MoReg window ``round(lo * k), round(hi * k)`` (a fraction of the trajectory, as in the books).
 
 The presets state codebooks already scaled this way from the 30-step codebooks for each model's
@@ -156,7 +158,9 @@ def scale_codebook(codebook: list, from_steps: int, to_steps: int) -> list[list[
         return [list(p) for p in codebook]
     k = to_steps / from_steps
     grow = k**REUSE_EXPONENT
-    return [[round(th / k, 6), max(1, math.floor(rate * grow + 1e-9))] for th, rate in codebook]
+    # floor (the quality side), but a reuse entry stays one: at fewer steps than stated a length of 2
+    # would floor to 1 and the codebook would never reuse (the tiny preset at 15 of its 25 steps)
+    return [[round(th / k, 6), max(min(rate, 2), math.floor(rate * grow + 1e-9))] for th, rate in codebook]
 
 
 def scale_window(window: tuple[int, int], from_steps: int, to_steps: int) -> tuple[int, int]:

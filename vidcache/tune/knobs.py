@@ -325,9 +325,9 @@ def fastercache(ctx: Context) -> Knob:
 # ---------------------------------------------------------------------------- diffusers' baselines
 
 
-def _threshold(method: str, base: dict[str, Any]) -> Knob:
+def _threshold(method: str, base: dict[str, Any], hi: float = 0.5) -> Knob:
     def move(params: dict[str, Any], x: float) -> tuple[dict[str, Any], str]:
-        t = sig(geometric(0.002, 0.5, x))
+        t = sig(geometric(0.002, hi, x))
         return {**params, "threshold": t}, f"threshold {t:g}"
 
     return Knob(method, "threshold", base, move)
@@ -335,6 +335,11 @@ def _threshold(method: str, base: dict[str, Any]) -> Knob:
 
 def fbcache(ctx: Context) -> Knob:
     return _threshold("fbcache", dict(ctx.base))
+
+
+def seacache(ctx: Context) -> Knob:
+    """SeaCache's budget on its accumulated spectral distance (diffusers' default 0.25): up to 1."""
+    return _threshold("seacache", dict(ctx.base), hi=1.0)
 
 
 def magcache(ctx: Context) -> Knob:
@@ -361,7 +366,7 @@ def taylorseer(ctx: Context) -> Knob:
 
 BUILDERS: dict[str, Callable[[Context], Knob]] = {
     "teacache": teacache, "adacache": adacache, "mixcache": mixcache, "pab": pab, "fastercache": fastercache,
-    "fbcache": fbcache, "magcache": magcache, "taylorseer": taylorseer,
+    "fbcache": fbcache, "magcache": magcache, "taylorseer": taylorseer, "seacache": seacache,
 }
 
 
