@@ -367,8 +367,7 @@ def _agreed_fbc_decision(hook: Any, states: base.BranchStates, scale: StepScale)
         prev = hook.state_manager.get_state().head_block_residual
         if prev is None:
             return True
-        num, den = base.agreed_values(torch.stack([base.l1(residual, prev), base.l1(prev)]))
-        diff = num / den if den > 0 else math.inf
+        diff = base.relative_l1(residual, prev)
         state = states.get_state()
         if state.record is not None:
             state.record.detail = {"rel_l1": diff}

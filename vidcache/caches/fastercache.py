@@ -146,6 +146,12 @@ class _Slot:
         return base.iter_tensors((self.a1, self.a2))
 
 
+def reuse_step(info: base.StepInfo, window: tuple[float, float], period: float, scale: StepScale) -> bool:
+    """The official script's rule for both reuses: inside ``window``, every step whose 1-based
+    counter ``step + 1`` is not due for the period as it runs at this step count."""
+    return base.in_window(info.t, window) and not due(info.step + 1, scale.period(period, info.num_steps))
+
+
 def _extrapolate(a1: Any, a2: Any, w: float) -> Any:
     if isinstance(a1, tuple):
         return tuple(x1 + w * (x1 - x2) for x1, x2 in zip(a1, a2))
@@ -168,8 +174,7 @@ class FasterAttentionHook(base.BranchHook):
             slot = state.slots[self.key] = _Slot()
         if state.last_run_step is None or state.last_run_step != info.step - 1:
             slot.a1 = slot.a2 = None  # a gap (or the first forward): the history is stale
-        reuse = base.in_window(info.t, config.attention_window) and not due(
-            info.step + 1, self.scale.period(config.attention_range, info.num_steps))
+        reuse = reuse_step(info, config.attention_window, config.attention_range, self.scale)
         if reuse and slot.a2 is not None:
             batch = base.batch_of(args, kwargs)
             a1, a2 = base.fit_batch(slot.a1, batch), base.fit_batch(slot.a2, batch)
@@ -243,8 +248,7 @@ class FasterCacheForwardHook(base.TransformerHook):
 
     def synthesised(self, info: base.StepInfo) -> bool:
         """The CFG-Cache rebuilds uncond at this step (given a stored delta): schedule only."""
-        period = self.scale.period(self.config.cfg_range, info.num_steps)
-        return base.in_window(info.t, self.config.cfg_window) and not due(info.step + 1, period)
+        return reuse_step(info, self.config.cfg_window, self.config.cfg_range, self.scale)
 
     def _keeps_attention(self, info: base.StepInfo) -> bool:
         """Wan's uncond attention outputs are kept only where its next forward can extrapolate from

@@ -61,7 +61,7 @@ def presets_cmd(
         names = [model] if model else presets.available()
         loaded = {n: check_preset(presets.load(n)) for n in names}
         texts = {n: presets.source_text(n) for n in names}
-    notes = {n: {m: method_note(m) for m in p.methods if method_note(m)} for n, p in loaded.items()}
+    notes = {n: {m: text for m in p.methods if (text := method_note(m))} for n, p in loaded.items()}
     if json_out:
         data = {n: {"defaults": p.defaults, **p.methods, **({"method_notes": notes[n]} if notes[n] else {})}
                 for n, p in loaded.items()}
